@@ -1,0 +1,208 @@
+"""The context an agent's code receives: one method per instruction of the instruction set.
+
+Every method is a thin call into the instruction pipeline, so gas, capabilities, scheduling and
+the journal apply the same way to every effect. Agent code should reach the world only through
+these methods: that is what lets the VM meter, persist and replay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from avm._core.interpreter import execute
+from avm._core.isa import Op
+from avm.llm.prompts import Prompt
+from avm.llm.types import Message, ModelReply, ToolSpec
+from avm.storage.agent_sql import SqlResult
+from avm.swarm.mailbox import Envelope
+from avm.tools.registry import ToolInfo
+
+if TYPE_CHECKING:
+    from avm._core.process import AgentProcess
+    from avm._core.runtime import Runtime
+
+__all__ = ["Context"]
+
+SqlParams = Sequence[Any] | Mapping[str, Any]
+ModelInput = str | Sequence[str | Prompt | Message | Mapping[str, Any]]
+
+
+class Context:
+    __slots__ = ("_proc", "_rt")
+
+    def __init__(self, rt: Runtime, proc: AgentProcess) -> None:
+        self._rt = rt
+        self._proc = proc
+
+    @property
+    def agent_id(self) -> str:
+        return self._proc.id
+
+    @property
+    def step(self) -> int:
+        """The number the next instruction will get in this agent's journal."""
+        return self._proc.step
+
+    async def _x(self, op: Op, *args: Any) -> Any:
+        return await execute(self._rt, self._proc, op, args)
+
+    # -- time & tasks ------------------------------------------------------------------------
+
+    async def wait(self, delay_s: float) -> None:
+        """WAIT: suspend this agent for ``delay_s`` seconds."""
+        await self._x(Op.WAIT, delay_s)
+
+    async def wait_for_response(self, task_id: str, *, timeout_s: float | None = None) -> Any:
+        """WAIT_FOR_RESPONSE: the data of the first reply to ``task_id``."""
+        return await self._x(Op.WAIT_FOR_RESPONSE, task_id, timeout_s)
+
+    async def schedule_task(
+        self, task_id: str, interval_s: float, *, count: int | None = None
+    ) -> AsyncIterator[int]:
+        """SCHEDULE_TASK: iterate over the ticks of a recurring task (tick 0 is immediate).
+
+        Each iteration is one instruction that waits for the next tick on a fixed grid.
+        ``count`` stops after that many ticks.
+        """
+        done = 0
+        while count is None or done < count:
+            yield cast(int, await self._x(Op.SCHEDULE_TASK, task_id, interval_s))
+            done += 1
+
+    # -- prompts & models --------------------------------------------------------------------
+
+    async def load_prompt(self, prompt_id: str) -> Prompt:
+        """LOAD_PROMPT: a registered prompt."""
+        return cast(Prompt, await self._x(Op.LOAD_PROMPT, prompt_id))
+
+    async def load_model(self, model_id: str) -> Any:
+        """LOAD_MODEL: warm a local model."""
+        return await self._x(Op.LOAD_MODEL, model_id)
+
+    async def run_model(
+        self,
+        model: str,
+        input: ModelInput,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: Sequence[str | ToolSpec] | None = None,
+    ) -> ModelReply:
+        """RUN_MODEL: run ``model`` on a string or a list of prompts/messages."""
+        arg = input if isinstance(input, str) else list(input)
+        tool_arg = None if tools is None else list(tools)
+        reply = await self._x(Op.RUN_MODEL, model, arg, max_tokens, temperature, tool_arg)
+        return cast(ModelReply, reply)
+
+    async def map_model_call(self, model: str, dataset: Sequence[Any]) -> list[Any]:
+        """MAP_MODEL_CALL: run a model over every item of ``dataset``."""
+        return cast(list[Any], await self._x(Op.MAP_MODEL_CALL, model, list(dataset)))
+
+    async def reduce_model_call(self, agg_type: str, results: Sequence[Any]) -> Any:
+        """REDUCE_MODEL_CALL: aggregate results."""
+        return await self._x(Op.REDUCE_MODEL_CALL, agg_type, list(results))
+
+    # -- swarm -------------------------------------------------------------------------------
+
+    async def swarm_connect(self, swarm_id: str) -> int:
+        """SWARM_CONNECT: join a swarm; return how many members it has now."""
+        return cast(int, await self._x(Op.SWARM_CONNECT, swarm_id))
+
+    async def swarm_fetch(
+        self,
+        data_type: str,
+        request_id: str,
+        *,
+        to: str | None = None,
+        query: Any = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """SWARM_FETCH: ask agent ``to`` (or every member of swarm ``data_type``) and return
+        the first reply's data."""
+        return await self._x(Op.SWARM_FETCH, data_type, request_id, to, query, timeout_s)
+
+    async def swarm_broadcast(self, message: str, data: Any = None) -> str:
+        """SWARM_BROADCAST: send ``data`` to every other member of swarm ``message``.
+
+        Returns the task id that members may reply to (see :meth:`swarm_wait`).
+        """
+        return cast(str, await self._x(Op.SWARM_BROADCAST, message, data, None))
+
+    async def reply(self, envelope: Envelope, data: Any = None) -> str:
+        """Answer a received message or request (a SWARM_BROADCAST addressed to its task)."""
+        return cast(str, await self._x(Op.SWARM_BROADCAST, envelope.topic, data, envelope.id))
+
+    async def receive(self, *, timeout_s: float | None = None) -> Envelope:
+        """SWARM_WAIT with no task: the next message in this agent's mailbox."""
+        return cast(Envelope, await self._x(Op.SWARM_WAIT, None, None, timeout_s))
+
+    async def swarm_wait(
+        self, task_id: str, *, k: int = 1, timeout_s: float | None = None
+    ) -> list[Envelope]:
+        """SWARM_WAIT: wait for ``k`` replies to ``task_id`` (k of n)."""
+        return cast(list[Envelope], await self._x(Op.SWARM_WAIT, task_id, k, timeout_s))
+
+    # -- execution state ---------------------------------------------------------------------
+
+    async def load_execution_state(self) -> Any:
+        """LOAD_EXECUTION_STATE: the last saved state, or None."""
+        return await self._x(Op.LOAD_EXECUTION_STATE)
+
+    async def save_execution_state(self, state: Any) -> None:
+        """SAVE_EXECUTION_STATE: persist ``state`` (any msgpack-encodable value)."""
+        await self._x(Op.SAVE_EXECUTION_STATE, state)
+
+    async def reset_execution_state(self) -> None:
+        """RESET_EXECUTION_STATE: forget the saved state."""
+        await self._x(Op.RESET_EXECUTION_STATE)
+
+    # -- tools -------------------------------------------------------------------------------
+
+    async def get_tools_list(self) -> list[ToolInfo]:
+        """GET_TOOLS_LIST: the tools this agent may use."""
+        return cast(list[ToolInfo], await self._x(Op.GET_TOOLS_LIST))
+
+    async def read_from_tool(self, api: str, query: Any = None) -> Any:
+        """READ_FROM_TOOL: read from tool ``api``."""
+        return await self._x(Op.READ_FROM_TOOL, api, query)
+
+    async def write_to_tool(self, api: str, data: Any = None) -> Any:
+        """WRITE_TO_TOOL: write ``data`` to tool ``api``; returns the tool's status."""
+        return await self._x(Op.WRITE_TO_TOOL, api, data)
+
+    # -- storage -----------------------------------------------------------------------------
+
+    async def sql_execute(self, query: str, params: SqlParams = ()) -> SqlResult:
+        """SQL_EXECUTE: one statement on this agent's own database."""
+        return cast(SqlResult, await self._x(Op.SQL_EXECUTE, query, params))
+
+    async def sql_fetch(self, query: str, params: SqlParams = ()) -> list[list[Any]]:
+        """SQL_FETCH: the rows of a read-only query on this agent's own database."""
+        return cast(list[list[Any]], await self._x(Op.SQL_FETCH, query, params))
+
+    async def kv_store(self, key: str, value: Any) -> None:
+        """KV_STORE: store ``value`` under ``key`` in this agent's KV space."""
+        await self._x(Op.KV_STORE, key, value)
+
+    async def kv_fetch(self, key: str) -> Any:
+        """KV_FETCH: the value under ``key``, or None."""
+        return await self._x(Op.KV_FETCH, key)
+
+    # -- GPU ---------------------------------------------------------------------------------
+
+    async def allocate_gpu(self, gpu_id: str | int, time_s: float) -> Any:
+        """ALLOCATE_GPU: lease a GPU for ``time_s`` seconds."""
+        return await self._x(Op.ALLOCATE_GPU, gpu_id, time_s)
+
+    async def release_gpu(self) -> None:
+        """RELEASE_GPU: give the leased GPU back."""
+        await self._x(Op.RELEASE_GPU)
+
+    async def list_gpus(self) -> list[Any]:
+        """LIST_GPUS: the GPUs this VM can lease."""
+        return cast(list[Any], await self._x(Op.LIST_GPUS))
+
+    async def check_gpu_load(self) -> Any:
+        """CHECK_GPU_LOAD: the leased GPU's load."""
+        return await self._x(Op.CHECK_GPU_LOAD)

@@ -1,0 +1,117 @@
+"""Execution state, KV and SQL: the agent's own storage.
+
+Everything is keyed by the agent's id, which the agent cannot choose: KV keys and state live in
+rows owned by the agent, SQL runs on the agent's own database file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from avm._core.gas import to_mgas
+from avm._core.host import Host, NeedsGas, flat, free, passthrough
+from avm._core.isa import Op
+from avm._core.journal import decode_value, encode_value
+from avm._core.process import AgentProcess
+from avm._core.runtime import Runtime
+from avm.errors import InvalidArgument
+from avm.storage.agent_sql import SqlOverLimit
+
+_MAX_KEY = 1024
+
+
+async def _load_state(rt: Runtime, proc: AgentProcess, args: Any, step: int) -> Any:
+    data = await rt.store.state_get(proc.id)
+    return (None if data is None else decode_value(data)), to_mgas(rt.prices.load_state)
+
+
+def _prepare_save(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> bytes:
+    return encode_value(args[0], "state")
+
+
+async def _save_state(rt: Runtime, proc: AgentProcess, data: bytes, step: int) -> Any:
+    rt.store.state_put(proc.id, data)
+    return None, to_mgas(rt.prices.save_state)
+
+
+async def _reset_state(rt: Runtime, proc: AgentProcess, args: Any, step: int) -> Any:
+    rt.store.state_put(proc.id, None)
+    return None, to_mgas(rt.prices.reset_state)
+
+
+class _Put(NamedTuple):
+    key: str
+    data: bytes
+
+
+def _check_key(key: str) -> str:
+    if len(key) > _MAX_KEY:
+        raise InvalidArgument(f"key is {len(key)} characters long; the limit is {_MAX_KEY}")
+    return key
+
+
+def _prepare_put(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _Put:
+    return _Put(_check_key(args[0]), encode_value(args[1]))
+
+
+def _reserve_put(rt: Runtime, proc: AgentProcess, put: _Put) -> int:
+    return to_mgas(rt.prices.kv_store_per_byte * len(put.data))
+
+
+async def _kv_store(rt: Runtime, proc: AgentProcess, put: _Put, step: int) -> Any:
+    rt.store.kv_put(proc.id, put.key, put.data)
+    return None, _reserve_put(rt, proc, put)
+
+
+def _prepare_fetch(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> str:
+    return _check_key(args[0])
+
+
+async def _kv_fetch(rt: Runtime, proc: AgentProcess, key: str, step: int) -> Any:
+    data = await rt.store.kv_get(proc.id, key)
+    if data is None:
+        return None, 0
+    return decode_value(data), to_mgas(rt.prices.kv_fetch_per_byte * len(data))
+
+
+def _params(args: tuple[Any, ...]) -> Any:
+    params = args[1]
+    return list(params) if isinstance(params, tuple) else params
+
+
+async def _sql_execute(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int) -> Any:
+    unit = max(1, to_mgas(rt.prices.sql_execute_per_op))
+    available = proc.gas.available
+    # What the agent can pay for: its free budget plus the one unit reserved for this call.
+    limit = None if available is None else (available + unit) // unit
+    try:
+        result, units = rt.sql.execute(proc.id, args[0], _params(args), limit)
+    except SqlOverLimit as over:
+        if over.hard_cap:
+            raise
+        raise NeedsGas((over.units + 1) * unit) from None
+    return result, to_mgas(rt.prices.sql_execute_per_op * units)
+
+
+async def _sql_fetch(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int) -> Any:
+    rows = rt.sql.fetch(proc.id, args[0], _params(args))
+    return rows, to_mgas(rt.prices.sql_fetch_per_row * len(rows))
+
+
+HOSTS = {
+    Op.LOAD_EXECUTION_STATE: Host(
+        passthrough, flat(lambda rt: to_mgas(rt.prices.load_state)), _load_state
+    ),
+    Op.SAVE_EXECUTION_STATE: Host(
+        _prepare_save, flat(lambda rt: to_mgas(rt.prices.save_state)), _save_state
+    ),
+    Op.RESET_EXECUTION_STATE: Host(
+        passthrough, flat(lambda rt: to_mgas(rt.prices.reset_state)), _reset_state
+    ),
+    Op.KV_STORE: Host(_prepare_put, _reserve_put, _kv_store),
+    Op.KV_FETCH: Host(_prepare_fetch, free, _kv_fetch),
+    Op.SQL_EXECUTE: Host(
+        passthrough, flat(lambda rt: max(1, to_mgas(rt.prices.sql_execute_per_op))), _sql_execute
+    ),
+    Op.SQL_FETCH: Host(passthrough, free, _sql_fetch),
+}

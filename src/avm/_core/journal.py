@@ -1,0 +1,95 @@
+"""The journal format: one entry per executed instruction, hash-chained per agent.
+
+An entry records who (agent), when in the agent's life (its step number, stable across
+restarts), what (the opcode and a BLAKE3 digest of its arguments), how it ended (status and the
+msgpack-encoded result or error), what it cost (milligas) and the wall time. Each entry's
+``hash`` covers all of that plus the previous entry's hash of the same agent, so the history of an
+agent is a chain that any edit breaks.
+
+Values are encoded with msgpack (msgspec): compact, fast, and able to carry the structs of
+:mod:`avm.llm.types` and the VM's own result types.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import blake3
+import msgspec
+
+from avm.errors import InvalidArgument
+
+__all__ = [
+    "GENESIS",
+    "EntryStatus",
+    "JournalEntry",
+    "chain_hash",
+    "decode_value",
+    "digest_args",
+    "encode_value",
+]
+
+GENESIS = b"\x00" * 32
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+class EntryStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+
+
+class JournalEntry(msgspec.Struct, frozen=True, array_like=True):
+    agent_id: str
+    step: int
+    op: str
+    args_digest: bytes
+    status: EntryStatus
+    result: bytes
+    gas: int  # milligas charged
+    wall: float
+    prev_hash: bytes
+    hash: bytes
+
+
+def encode_value(value: Any, what: str = "value") -> bytes:
+    """Encode a value an agent stores or receives; unencodable values are the agent's error."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            f"{what} of type {type(value).__name__} cannot be stored: {exc}; "
+            "use None, bool, int, float, str, bytes, lists, dicts or msgspec structs"
+        ) from None
+
+
+def decode_value(data: bytes) -> Any:
+    return _decoder.decode(data)
+
+
+def digest_args(args: tuple[Any, ...]) -> bytes:
+    """A 16-byte BLAKE3 digest of an instruction's arguments, to spot divergence on replay."""
+    try:
+        encoded = _encoder.encode(args)
+    except (TypeError, ValueError, OverflowError):
+        encoded = repr(args).encode()
+    return blake3.blake3(encoded).digest(16)
+
+
+def chain_hash(
+    prev_hash: bytes,
+    agent_id: str,
+    step: int,
+    op: str,
+    args_digest: bytes,
+    status: int,
+    result: bytes,
+    gas: int,
+    wall: float,
+) -> bytes:
+    """The entry hash: BLAKE3 over the previous hash and every recorded field."""
+    hasher = blake3.blake3(prev_hash)
+    hasher.update(_encoder.encode((agent_id, step, op, args_digest, status, gas, wall)))
+    hasher.update(result)
+    return hasher.digest()

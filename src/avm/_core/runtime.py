@@ -1,0 +1,42 @@
+"""The parts of a running VM that instructions use, bundled for the interpreter and host code.
+
+The VM builds one :class:`Runtime` when it starts; host functions receive it instead of the VM,
+so they see the engine's parts (store, swarm, timers, linker...) but not its public surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from avm._core.gas import GasLedger
+from avm._core.metrics import RateMeter
+from avm._core.process import AgentProcess
+from avm._core.scheduler import Scheduler
+from avm._core.timers import TimerService
+from avm.config import GasPrices, VMConfig
+from avm.llm.linker import ModelLinker
+from avm.llm.prompts import PromptLibrary
+from avm.storage.agent_sql import AgentDatabases
+from avm.storage.base import StateStore
+from avm.swarm.bus import SwarmBus
+from avm.tools.registry import ToolRegistry
+
+__all__ = ["Runtime"]
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: VMConfig
+    prices: GasPrices
+    store: StateStore
+    sql: AgentDatabases
+    scheduler: Scheduler
+    timers: TimerService
+    bus: SwarmBus
+    tools: ToolRegistry
+    prompts: PromptLibrary
+    models: ModelLinker
+    ledger: GasLedger
+    processes: dict[str, AgentProcess]
+    instructions: RateMeter
+    model_requests: RateMeter

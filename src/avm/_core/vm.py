@@ -1,0 +1,560 @@
+"""The VM: one per process (or per shard), hosting many agents as green threads.
+
+It owns the engine's parts (state store, per-agent SQL, scheduler, timers, swarm bus, tools,
+prompts, model linker, gas ledger), spawns agents as asyncio tasks, and answers for them:
+handles, top-ups, stats. Agents never see the VM; they see their :class:`Context`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import resource
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import msgspec
+import psutil
+
+from avm._core.clock import Clock, SystemClock
+from avm._core.context import Context
+from avm._core.gas import GasAccount, GasLedger, to_gas, to_mgas
+from avm._core.journal import encode_value
+from avm._core.metrics import RateMeter
+from avm._core.process import AgentDefinition, AgentFunction, AgentProcess, Capabilities
+from avm._core.runtime import Runtime
+from avm._core.scheduler import Scheduler
+from avm._core.states import AgentState, Priority, WaitReason
+from avm._core.timers import TimerService
+from avm.config import GasPrices, ModelConfig, VMConfig
+from avm.errors import (
+    AgentExists,
+    AgentFailed,
+    AgentKilled,
+    AvmError,
+    InvalidArgument,
+    SwarmError,
+    UnknownAgent,
+    VMStateError,
+)
+from avm.llm.linker import ModelLinker
+from avm.llm.prompts import PromptLibrary
+from avm.storage.agent_sql import AgentDatabases
+from avm.storage.base import AgentRecord
+from avm.storage.sqlite import SqliteStateStore
+from avm.swarm.bus import SwarmBus
+from avm.swarm.mailbox import Envelope, Mailbox
+from avm.tools.registry import ToolFunction, ToolKind, ToolRegistry
+
+__all__ = ["VM", "AgentHandle", "VMStats"]
+
+log = logging.getLogger(__name__)
+
+_HOST = "@host"
+
+
+class VMStats(msgspec.Struct, frozen=True):
+    """A snapshot of what the VM is doing, for dashboards and ``vm.stats()``."""
+
+    agents: dict[str, int]
+    waiting: dict[str, int]
+    run_slots: int
+    run_queue: int
+    instructions: int
+    instructions_per_s: float
+    model_requests: int
+    model_requests_per_s: float
+    model_latency_ms: float
+    gas_spent: float
+    timers: int
+    swarms: int
+    messages_delivered: int
+    journal_commits: int
+    rss_bytes: int
+    uptime_s: float
+
+
+class AgentHandle:
+    """The host's view of one agent: its state, gas, a way to talk to it and to wait for it."""
+
+    __slots__ = ("_proc", "_vm")
+
+    def __init__(self, vm: VM, proc: AgentProcess) -> None:
+        self._vm = vm
+        self._proc = proc
+
+    def __repr__(self) -> str:
+        return f"<AgentHandle {self.id} {self.state.name.lower()}>"
+
+    @property
+    def id(self) -> str:
+        return self._proc.id
+
+    @property
+    def state(self) -> AgentState:
+        return self._proc.state
+
+    @property
+    def wait_reason(self) -> WaitReason | None:
+        return self._proc.wait_reason
+
+    @property
+    def step(self) -> int:
+        return self._proc.step
+
+    @property
+    def gas_spent(self) -> float:
+        return to_gas(self._proc.gas.spent)
+
+    @property
+    def gas_budget(self) -> float | None:
+        budget = self._proc.gas.budget
+        return None if budget is None else to_gas(budget)
+
+    async def send(self, data: Any, *, timeout_s: float | None = 30.0) -> Any:
+        """Send a request to the agent and return the data of its reply."""
+        return await self._vm.request(self.id, data, timeout_s=timeout_s)
+
+    async def post(self, data: Any, *, topic: str = "direct") -> None:
+        """Put a one-way message in the agent's mailbox (waits while it is full)."""
+        await self._vm.post(self.id, data, topic=topic)
+
+    def top_up(self, gas: float) -> None:
+        self._vm.top_up(self.id, gas)
+
+    def kill(self) -> None:
+        self._vm.kill(self.id)
+
+    async def result(self) -> Any:
+        """Wait for the agent to finish; return what its function returned.
+
+        Raises :class:`AgentFailed` (with the agent's exception as ``__cause__``) or
+        :class:`AgentKilled`.
+        """
+        proc = self._proc
+        if proc.task is not None and not proc.task.done():
+            await asyncio.shield(proc.task)
+        if proc.state is AgentState.DONE:
+            return proc.outcome
+        if proc.state is AgentState.FAILED:
+            raise AgentFailed(proc.id, proc.outcome) from proc.outcome
+        raise AgentKilled(proc.id)
+
+
+class VM:
+    """An agent virtual machine.
+
+    ``VM()`` runs on embedded defaults: state in SQLite under ``./.avm``, the in-process swarm.
+    Use it as ``async with vm:``; leaving the block stops every agent that is still running
+    (their journal, KV, SQL and state stay on disk).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        config: VMConfig | None = None,
+        clock: Clock | None = None,
+        **overrides: Any,
+    ) -> None:
+        config = config or VMConfig()
+        if state_dir is not None:
+            overrides["state_dir"] = os.fspath(state_dir)
+        if overrides:
+            try:
+                config = msgspec.structs.replace(config, **overrides)
+            except TypeError as exc:
+                raise AvmError(f"unknown VM option: {exc}") from None
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.tools = ToolRegistry()
+        self.prompts = PromptLibrary()
+        self.models = ModelLinker()
+        self._definitions: dict[str, AgentDefinition] = {}
+        self._processes: dict[str, AgentProcess] = {}
+        self._counters: dict[str, Iterator[int]] = {}
+        self.ledger = GasLedger(self._accounts)
+        self._rt: Runtime | None = None
+        self._started_at = 0.0
+        self._stopping = False
+        self._host_requests = itertools.count(1)
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    @overload
+    def agent(self, fn: AgentFunction, /) -> AgentDefinition: ...
+
+    @overload
+    def agent(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        budget: float | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        tools: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        prompts: Iterable[str] | None = None,
+    ) -> Callable[[AgentFunction], AgentDefinition]: ...
+
+    def agent(
+        self,
+        fn: AgentFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        budget: float | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        tools: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        prompts: Iterable[str] | None = None,
+    ) -> AgentDefinition | Callable[[AgentFunction], AgentDefinition]:
+        """Register an agent function: ``async def agent(ctx, **kwargs)``.
+
+        ``budget`` is the gas each instance starts with (None: the VM default, unlimited if
+        that is None too); ``tools``/``models``/``prompts`` restrict what it may use.
+        """
+
+        def define(fn: AgentFunction) -> AgentDefinition:
+            if not asyncio.iscoroutinefunction(fn):
+                raise AvmError(f"agent {fn!r} must be an async function")
+            definition = AgentDefinition(
+                name=name or fn.__name__,
+                fn=fn,
+                budget=budget if budget is not None else self.config.default_budget,
+                priority=Priority.parse(priority),
+                capabilities=Capabilities(
+                    tools=None if tools is None else frozenset(tools),
+                    models=None if models is None else frozenset(models),
+                    prompts=None if prompts is None else frozenset(prompts),
+                ),
+            )
+            self._definitions[definition.name] = definition
+            return definition
+
+        return define(fn) if fn is not None else define
+
+    def tool(
+        self,
+        name: str,
+        *,
+        kind: ToolKind = "read",
+        description: str = "",
+        parameters: dict[str, Any] | None = None,
+    ) -> Callable[[ToolFunction], ToolFunction]:
+        """Register an async function as a tool (``kind``: read, write or both)."""
+        return self.tools.register(name, kind=kind, description=description, parameters=parameters)
+
+    def model(self, name: str, config: ModelConfig | str, **kwargs: Any) -> None:
+        """Name a model agents can call, e.g. ``vm.model("default", "openai:gpt-4o-mini",
+        base_url=...)``; extra keywords are :class:`ModelConfig` fields."""
+        if isinstance(config, str):
+            config = ModelConfig.parse(config, **kwargs)
+        elif kwargs:
+            config = msgspec.structs.replace(config, **kwargs)
+        self.models.add(name, config)
+
+    @property
+    def definitions(self) -> dict[str, AgentDefinition]:
+        return dict(self._definitions)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._rt is not None
+
+    async def start(self) -> None:
+        if self._rt is not None:
+            raise VMStateError("the VM is already started")
+        state_dir = Path(self.config.state_dir)
+        _raise_open_file_limit(3 * self.config.sql_max_open + 256)
+        store = SqliteStateStore(state_dir / "state.db", self.config.durability)
+        timers = TimerService(self.clock)
+        self._rt = Runtime(
+            config=self.config,
+            prices=self.config.prices,
+            store=store,
+            sql=AgentDatabases(
+                state_dir / "sql",
+                max_open=self.config.sql_max_open,
+                max_steps=self.config.sql_max_steps,
+            ),
+            scheduler=Scheduler(self.config.max_running),
+            timers=timers,
+            bus=SwarmBus(timers, self._mailbox_of),
+            tools=self.tools,
+            prompts=self.prompts,
+            models=self.models,
+            ledger=self.ledger,
+            processes=self._processes,
+            instructions=RateMeter(),
+            model_requests=RateMeter(),
+        )
+        self._started_at = self.clock.monotonic()
+        log.info("VM started with state in %s", state_dir)
+
+    async def stop(self) -> None:
+        """Stop every running agent and close the stores. Stopped agents keep their state."""
+        rt = self._rt
+        if rt is None:
+            return
+        self._stopping = True
+        tasks = [
+            p.task for p in self._processes.values() if p.task is not None and not p.task.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._stopping = False
+        rt.timers.close()
+        await self.models.aclose()
+        rt.sql.close()
+        await rt.store.aclose()
+        self._rt = None
+        log.info("VM stopped")
+
+    async def __aenter__(self) -> VM:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _runtime(self) -> Runtime:
+        if self._rt is None:
+            raise VMStateError("the VM is not started: use 'async with vm:' or 'await vm.start()'")
+        return self._rt
+
+    # -- agents --------------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        definition: AgentDefinition | str,
+        /,
+        *,
+        agent_id: str | None = None,
+        budget: float | None = None,
+        priority: Priority | str | None = None,
+        **kwargs: Any,
+    ) -> AgentHandle:
+        """Start an agent; ``kwargs`` are passed to its function (and persisted with it)."""
+        rt = self._runtime()
+        if isinstance(definition, str):
+            found = self._definitions.get(definition)
+            if found is None:
+                raise AvmError(f"no agent definition named {definition!r}")
+            definition = found
+        if agent_id is None:
+            counter = self._counters.setdefault(definition.name, itertools.count(1))
+            agent_id = f"{definition.name}-{next(counter)}"
+            while agent_id in self._processes:
+                agent_id = f"{definition.name}-{next(counter)}"
+        existing = self._processes.get(agent_id)
+        if existing is not None and not existing.state.finished:
+            raise AgentExists(agent_id)
+        try:
+            args = encode_value(kwargs, "spawn arguments")
+        except InvalidArgument as exc:
+            raise AvmError(f"agent {agent_id!r}: {exc}") from None
+        budget = definition.budget if budget is None else budget
+        budget_mgas = None if budget is None else to_mgas(budget)
+        prio = definition.priority if priority is None else Priority.parse(priority)
+        proc = AgentProcess(agent_id, definition, kwargs, prio, budget_mgas)
+        proc.context = Context(rt, proc)
+        rt.scheduler.enter(proc, AgentState.READY)
+        self._processes[agent_id] = proc
+        rt.store.agent_put(
+            AgentRecord(
+                agent_id=agent_id,
+                definition=definition.name,
+                args=args,
+                priority=int(prio),
+                budget=budget_mgas,
+                spent=0,
+                status="running",
+                created=self.clock.wall(),
+            )
+        )
+        proc.task = asyncio.get_running_loop().create_task(self._run(rt, proc), name=agent_id)
+        return AgentHandle(self, proc)
+
+    async def _run(self, rt: Runtime, proc: AgentProcess) -> None:
+        scheduler = rt.scheduler
+        status = "done"
+        try:
+            head = await rt.store.journal_head(proc.id)
+            if head is not None:  # an agent id with history continues its chain
+                proc.step, proc.chain_head = head[0] + 1, head[1]
+            await scheduler.acquire(proc.priority)
+            proc.holds_slot = True
+            scheduler.move(proc, AgentState.RUNNING)
+            assert proc.context is not None
+            proc.outcome = await proc.definition.fn(proc.context, **proc.kwargs)
+            scheduler.move(proc, AgentState.DONE)
+        except asyncio.CancelledError:
+            # Stopped with the VM, an agent is unfinished and can be resumed; killed, it is over.
+            status = "stopped" if self._stopping else "killed"
+            scheduler.move(proc, AgentState.KILLED)
+        except Exception as exc:
+            status = "failed"
+            proc.outcome = exc
+            scheduler.move(proc, AgentState.FAILED)
+            log.warning("agent %s failed: %s: %s", proc.id, type(exc).__name__, exc)
+        finally:
+            if proc.holds_slot:
+                proc.holds_slot = False
+                scheduler.release()
+            self._retire(rt, proc, status)
+
+    def _retire(self, rt: Runtime, proc: AgentProcess, status: str) -> None:
+        if proc.topics:
+            rt.bus.leave_all(proc.id, proc.topics)
+        if proc.mailbox is not None:
+            proc.mailbox.close()
+            proc.mailbox = None
+        proc.schedules = None
+        proc.kwargs = {}
+        try:
+            rt.store.agent_update(
+                proc.id, status=status, spent=proc.gas.spent, budget=proc.gas.budget
+            )
+        except AvmError as exc:  # the store may already be closing
+            log.debug("could not record final status of %s: %s", proc.id, exc)
+
+    def _process(self, agent_id: str) -> AgentProcess:
+        proc = self._processes.get(agent_id)
+        if proc is None:
+            raise UnknownAgent(agent_id)
+        return proc
+
+    def _mailbox_of(self, agent_id: str) -> Mailbox | None:
+        proc = self._processes.get(agent_id)
+        if proc is None or proc.state.finished:
+            return None
+        if proc.mailbox is None:
+            proc.mailbox = Mailbox(self.config.mailbox_capacity)
+        return proc.mailbox
+
+    def _accounts(self) -> Iterable[tuple[str, GasAccount]]:
+        return ((agent_id, proc.gas) for agent_id, proc in self._processes.items())
+
+    def handle(self, agent_id: str) -> AgentHandle:
+        return AgentHandle(self, self._process(agent_id))
+
+    def handles(self) -> list[AgentHandle]:
+        return [AgentHandle(self, proc) for proc in self._processes.values()]
+
+    def top_up(self, agent_id: str, gas: float) -> None:
+        """Add ``gas`` to an agent's budget; an agent halted out of gas resumes if it now can."""
+        if not gas > 0:
+            raise AvmError(f"top-up for agent {agent_id!r} must be positive, got {gas!r}")
+        proc = self._process(agent_id)
+        proc.gas.top_up(to_mgas(gas))
+        rt = self._runtime()
+        rt.store.agent_update(
+            proc.id, status=_status(proc), spent=proc.gas.spent, budget=proc.gas.budget
+        )
+        waiter = proc.top_up_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def kill(self, agent_id: str) -> None:
+        proc = self._process(agent_id)
+        if proc.task is not None and not proc.task.done():
+            proc.task.cancel()
+
+    async def join(self, timeout_s: float | None = None) -> None:
+        """Wait until every agent spawned so far has finished (done, failed or killed)."""
+        tasks = [
+            p.task for p in self._processes.values() if p.task is not None and not p.task.done()
+        ]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if pending:
+            raise TimeoutError(f"{len(pending)} agents still running after {timeout_s} s")
+
+    # -- messages from the host ----------------------------------------------------------------
+
+    async def request(self, agent_id: str, data: Any, *, timeout_s: float | None = 30.0) -> Any:
+        """Send a request to an agent's mailbox and wait for its reply (see ``ctx.reply``)."""
+        rt = self._runtime()
+        task_id = f"{_HOST}:{next(self._host_requests)}"
+        await rt.bus.send(agent_id, Envelope(task_id, _HOST, "request", data, "request"))
+        try:
+            replies = await rt.bus.wait_replies(task_id, 1, timeout_s)
+        except SwarmError as exc:
+            exc.locate(agent_id, "request", self._process(agent_id).step)
+            raise
+        return replies[0].data
+
+    async def post(self, agent_id: str, data: Any, *, topic: str = "direct") -> None:
+        rt = self._runtime()
+        task_id = f"{_HOST}:{next(self._host_requests)}"
+        await rt.bus.send(agent_id, Envelope(task_id, _HOST, topic, data))
+
+    async def publish(self, swarm_id: str, data: Any) -> int:
+        """Broadcast from the host to every member of a swarm; returns how many received it."""
+        rt = self._runtime()
+        task_id = f"{_HOST}:{next(self._host_requests)}"
+        return await rt.bus.broadcast(swarm_id, Envelope(task_id, _HOST, swarm_id, data))
+
+    # -- observation ---------------------------------------------------------------------------
+
+    @property
+    def prices(self) -> GasPrices:
+        return self.config.prices
+
+    def stats(self) -> VMStats:
+        rt = self._runtime()
+        now = self.clock.monotonic()
+        scheduler = rt.scheduler
+        return VMStats(
+            agents={s.name.lower(): scheduler.by_state[s] for s in AgentState},
+            waiting={r.name.lower(): scheduler.by_reason[r] for r in WaitReason},
+            run_slots=scheduler.running,
+            run_queue=scheduler.queued,
+            instructions=rt.instructions.total,
+            instructions_per_s=rt.instructions.rate(now),
+            model_requests=rt.model_requests.total,
+            model_requests_per_s=rt.model_requests.rate(now),
+            model_latency_ms=rt.model_requests.mean(now) * 1000,
+            gas_spent=to_gas(self.ledger.total),
+            timers=len(rt.timers),
+            swarms=rt.bus.topic_count,
+            messages_delivered=rt.bus.delivered,
+            journal_commits=getattr(rt.store, "commits", 0),
+            rss_bytes=psutil.Process().memory_info().rss,
+            uptime_s=now - self._started_at,
+        )
+
+    def agent_count(self, state: Literal["live", "all"] = "live") -> int:
+        if state == "all":
+            return len(self._processes)
+        return sum(1 for p in self._processes.values() if not p.state.finished)
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Each open agent database holds up to three descriptors (file, WAL, shared memory)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _status(proc: AgentProcess) -> str:
+    if proc.state is AgentState.OUT_OF_GAS:
+        return "out_of_gas"
+    return "running" if not proc.state.finished else proc.state.name.lower()

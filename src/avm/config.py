@@ -1,0 +1,132 @@
+"""Configuration of a VM: gas prices, model definitions and runtime limits.
+
+Prices and rates are configuration, not code: every gas formula of the instruction set reads its
+unit prices from :class:`GasPrices`, and every model's per-token prices from its
+:class:`ModelConfig`. All of it is plain msgspec structs, so a configuration loads from TOML, JSON
+or YAML without glue.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from avm.errors import ConfigError
+
+__all__ = [
+    "Durability",
+    "GasPrices",
+    "ModelConfig",
+    "VMConfig",
+    "parse_bytes",
+]
+
+Durability = Literal["durable", "relaxed"]
+
+
+class GasPrices(msgspec.Struct, frozen=True, kw_only=True):
+    """Unit prices of the instruction set, in gas.
+
+    Defaults follow the instruction set's gas table; a field is the price of one unit of the
+    quantity its name ends in (``_per_byte``, ``_per_token``, ``_per_row``...), or a flat price.
+    """
+
+    load_prompt_per_token: float = 0.02
+    load_model_per_mb: float = 0.1
+    swarm_connect: float = 20.0
+    swarm_fetch_per_peer: float = 5.0
+    load_state: float = 10.0
+    save_state: float = 15.0
+    reset_state: float = 5.0
+    get_tools_list: float = 20.0
+    read_tool_per_byte: float = 0.01
+    write_tool_per_byte: float = 0.02
+    sql_execute_per_op: float = 0.01
+    sql_fetch_per_row: float = 0.1
+    kv_store_per_byte: float = 0.01
+    kv_fetch_per_byte: float = 0.005
+    map_model_per_item: float = 1.0
+    reduce_model_per_item: float = 1.0
+    gpu_per_second: float = 1.0
+    release_gpu: float = 10.0
+    list_gpus: float = 15.0
+    check_gpu_load: float = 10.0
+
+    def __post_init__(self) -> None:
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if not value >= 0:  # also rejects NaN
+                raise ConfigError(f"gas price {field} must be a non-negative number, got {value!r}")
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A model as agents name it, and how to reach it.
+
+    ``provider`` picks the backend (``openai`` for any OpenAI-compatible endpoint); ``model`` is
+    the provider's own name for it. Prices are gas per token.
+    """
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    price_in: float = 0.001
+    price_out: float = 0.002
+    max_tokens: int = 256
+    timeout_s: float = 60.0
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        if self.price_in < 0 or self.price_out < 0:
+            raise ConfigError(f"model {self.model!r}: prices must be non-negative")
+        if self.max_tokens <= 0:
+            raise ConfigError(f"model {self.model!r}: max_tokens must be positive")
+
+    @classmethod
+    def parse(cls, spec: str, **overrides: object) -> ModelConfig:
+        """Build a config from a ``provider:model`` string, e.g. ``openai:gpt-4o-mini``."""
+        provider, sep, model = spec.partition(":")
+        if not sep or not provider or not model:
+            raise ConfigError(f"model spec {spec!r} must look like 'provider:model'")
+        return msgspec.convert({"provider": provider, "model": model, **overrides}, cls)
+
+
+class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Runtime limits and policies of one VM."""
+
+    state_dir: str = ".avm"
+    durability: Durability = "durable"
+    max_running: int = 256
+    mailbox_capacity: int = 64
+    default_budget: float | None = None
+    prices: GasPrices = GasPrices()
+    sql_max_steps: int = 5_000_000
+    sql_max_open: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1:
+            raise ConfigError("max_running must be at least 1")
+        if self.mailbox_capacity < 1:
+            raise ConfigError("mailbox_capacity must be at least 1")
+        if self.durability not in ("durable", "relaxed"):
+            raise ConfigError(f"durability must be 'durable' or 'relaxed', got {self.durability!r}")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse a size such as ``2GB``, ``512MiB`` or ``1048576`` into bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(f"cannot read {text!r} as a size; write e.g. '2GB' or '512MiB'")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    scale = _UNITS[unit[:1]]
+    if "i" in unit:
+        scale = 1 << (10 * "kmgt".index(unit[0]) + 10)
+    return int(number * scale)

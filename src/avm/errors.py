@@ -1,0 +1,198 @@
+"""Every error AVM raises, as one tree.
+
+Nothing from ``sqlite3``, ``aiohttp`` or a provider SDK escapes the VM: adapters translate
+lower-library exceptions at their boundary into one of these. Errors raised on behalf of an
+agent name the agent, the instruction and its step, so a message alone says where it happened::
+
+    AvmError
+    ├── ConfigError                 bad VM, model, price or tool configuration
+    ├── VMStateError                the VM is not started, or already closed
+    ├── UnknownAgent                no agent with that id
+    ├── AgentExists                 an agent with that id is already running
+    ├── AgentFailed                 an agent's code raised; wraps the cause
+    ├── AgentKilled                 an agent was killed before it finished
+    └── InstructionError            one instruction of one agent failed (agent, op, step)
+        ├── InvalidArgument         an argument has the wrong type or value
+        ├── CapabilityDenied        the agent was not granted that tool, model or prompt
+        ├── NotAvailable            the instruction is defined but not implemented yet
+        ├── NotFound                unknown tool, model, prompt or swarm peer
+        ├── OutOfGas                the budget cannot cover the instruction
+        ├── ToolError               a tool raised or returned something unusable
+        ├── StorageError            KV or SQL failed
+        │   └── SqlDenied           SQL tried to leave the agent's own database
+        ├── SwarmError              messaging failed
+        │   └── SwarmTimeout        no reply (or not enough replies) in time
+        └── ModelError              a model call failed after the provider boundary
+            ├── RateLimited         the provider said 429 and retries ran out
+            ├── ModelTimeout        the provider did not answer in time
+            └── ProviderUnavailable the provider is down (5xx, connection refused)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentExists",
+    "AgentFailed",
+    "AgentKilled",
+    "AvmError",
+    "CapabilityDenied",
+    "ConfigError",
+    "InstructionError",
+    "InvalidArgument",
+    "ModelError",
+    "ModelTimeout",
+    "NotAvailable",
+    "NotFound",
+    "OutOfGas",
+    "ProviderUnavailable",
+    "RateLimited",
+    "SqlDenied",
+    "StorageError",
+    "SwarmError",
+    "SwarmTimeout",
+    "ToolError",
+    "UnknownAgent",
+    "VMStateError",
+]
+
+
+class AvmError(Exception):
+    """Root of every error raised by AVM."""
+
+
+class ConfigError(AvmError):
+    """The VM, a model, a price table or a tool was configured wrongly."""
+
+
+class VMStateError(AvmError):
+    """The VM was used before it started or after it closed."""
+
+
+class UnknownAgent(AvmError):
+    """No agent with the given id exists in this VM."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent with id {agent_id!r} in this VM")
+        self.agent_id = agent_id
+
+
+class AgentExists(AvmError):
+    """An agent with the requested id is already running in this VM."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"an agent with id {agent_id!r} is already running in this VM")
+        self.agent_id = agent_id
+
+
+class AgentFailed(AvmError):
+    """An agent's own code raised an exception; ``__cause__`` holds it."""
+
+    def __init__(self, agent_id: str, cause: BaseException) -> None:
+        super().__init__(f"agent {agent_id!r} failed: {type(cause).__name__}: {cause}")
+        self.agent_id = agent_id
+
+
+class AgentKilled(AvmError):
+    """An agent was killed (or the VM stopped) before it finished."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} was killed before it finished")
+        self.agent_id = agent_id
+
+
+class InstructionError(AvmError):
+    """One instruction of one agent failed.
+
+    ``agent_id``, ``op`` and ``step`` are filled in by the interpreter when the error passes
+    through the instruction pipeline, so code deep inside a tool or provider can raise with
+    just a message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent_id: str | None = None,
+        op: str | None = None,
+        step: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.agent_id = agent_id
+        self.op = op
+        self.step = step
+
+    def locate(self, agent_id: str, op: str, step: int) -> None:
+        """Record where the error happened, unless a deeper layer already did."""
+        if self.agent_id is None:
+            self.agent_id, self.op, self.step = agent_id, op, step
+
+    def __str__(self) -> str:
+        if self.agent_id is None:
+            return self.message
+        return f"agent {self.agent_id!r}, step {self.step}, {self.op}: {self.message}"
+
+
+class InvalidArgument(InstructionError):
+    """An instruction argument has the wrong type or an out-of-range value."""
+
+
+class CapabilityDenied(InstructionError):
+    """The agent was not granted the tool, model or prompt it asked for."""
+
+
+class NotAvailable(InstructionError):
+    """The instruction is part of the set but is not implemented in this version."""
+
+
+class NotFound(InstructionError):
+    """An unknown tool, model, prompt, task or swarm peer was named."""
+
+
+class OutOfGas(InstructionError):
+    """The agent's remaining budget cannot cover the instruction."""
+
+    def __init__(self, message: str, *, needed: float, available: float) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+class ToolError(InstructionError):
+    """A tool raised, or returned a value that cannot be stored."""
+
+
+class StorageError(InstructionError):
+    """A KV or SQL operation failed."""
+
+
+class SqlDenied(StorageError):
+    """SQL tried to reach outside the agent's own database (ATTACH, PRAGMA, extensions...)."""
+
+
+class SwarmError(InstructionError):
+    """Sending or receiving a swarm message failed."""
+
+
+class SwarmTimeout(SwarmError):
+    """No reply, or fewer replies than asked for, arrived in time."""
+
+
+class ModelError(InstructionError):
+    """A model call failed; raised only after the provider's own errors are translated."""
+
+
+class RateLimited(ModelError):
+    """The provider kept answering 429 until retries ran out."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelTimeout(ModelError):
+    """The provider did not answer within the request timeout."""
+
+
+class ProviderUnavailable(ModelError):
+    """The provider answered 5xx or could not be reached."""

@@ -1,0 +1,110 @@
+"""The model linker: names agents use, resolved lazily to a provider and its prices.
+
+Agents say ``"default"`` or ``"analyst"``; the linker maps the name to a :class:`ModelConfig`
+(which provider, which of its models, prices per token, limits) and, on first use, to a provider
+instance. Models on the same endpoint share one provider, and so one connection pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from avm.config import ModelConfig
+from avm.errors import ConfigError, NotFound
+from avm.llm.provider import ModelProvider
+
+__all__ = ["LinkedModel", "ModelLinker"]
+
+ProviderFactory = Callable[[ModelConfig], ModelProvider]
+
+
+def _openai_factory(config: ModelConfig) -> ModelProvider:
+    from avm.llm.providers.openai_compat import OpenAICompatProvider
+
+    if config.base_url is None:
+        raise ConfigError(f"model {config.model!r}: an 'openai' provider needs a base_url")
+    api_key = None
+    if config.api_key_env is not None:
+        api_key = os.environ.get(config.api_key_env)
+        if api_key is None:
+            raise ConfigError(
+                f"model {config.model!r}: environment variable {config.api_key_env} is not set"
+            )
+    return OpenAICompatProvider(
+        base_url=config.base_url,
+        api_key=api_key,
+        timeout_s=config.timeout_s,
+        max_connections=config.max_connections,
+    )
+
+
+@dataclass(slots=True)
+class LinkedModel:
+    name: str
+    config: ModelConfig
+    provider: ModelProvider
+
+
+class ModelLinker:
+    def __init__(self) -> None:
+        self._configs: dict[str, ModelConfig] = {}
+        self._linked: dict[str, LinkedModel] = {}
+        self._providers: dict[tuple[str, str | None, str | None], ModelProvider] = {}
+        self._factories: dict[str, ProviderFactory] = {"openai": _openai_factory}
+
+    def add(
+        self, name: str, config: ModelConfig | str, *, provider: ModelProvider | None = None
+    ) -> None:
+        """Name a model. ``config`` may be a ``provider:model`` string; ``provider`` an instance
+        to use instead of building one from the config."""
+        if isinstance(config, str):
+            config = ModelConfig.parse(config)
+        self._configs[name] = config
+        self._linked.pop(name, None)
+        if provider is not None:
+            self._linked[name] = LinkedModel(name, config, provider)
+
+    def add_factory(self, provider_name: str, factory: ProviderFactory) -> None:
+        self._factories[provider_name] = factory
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._configs
+
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def config(self, name: str) -> ModelConfig:
+        config = self._configs.get(name)
+        if config is None:
+            known = ", ".join(sorted(self._configs)) or "none"
+            raise NotFound(f"unknown model {name!r} (configured: {known})")
+        return config
+
+    def resolve(self, name: str) -> LinkedModel:
+        linked = self._linked.get(name)
+        if linked is not None:
+            return linked
+        config = self.config(name)
+        key = (config.provider, config.base_url, config.api_key_env)
+        provider = self._providers.get(key)
+        if provider is None:
+            factory = self._factories.get(config.provider)
+            if factory is None:
+                raise ConfigError(
+                    f"model {name!r}: no provider {config.provider!r} "
+                    f"(known: {', '.join(sorted(self._factories))})"
+                )
+            provider = self._providers[key] = factory(config)
+        linked = self._linked[name] = LinkedModel(name, config, provider)
+        return linked
+
+    async def aclose(self) -> None:
+        seen: set[int] = set()
+        for provider in [*self._providers.values(), *(m.provider for m in self._linked.values())]:
+            if id(provider) not in seen:
+                seen.add(id(provider))
+                await provider.aclose()
+        self._providers.clear()
+        self._linked.clear()

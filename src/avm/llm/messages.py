@@ -1,0 +1,44 @@
+"""Turning what an agent passes to ``RUN_MODEL`` into chat messages.
+
+An agent may pass a string (one user message), or a list mixing loaded prompts (system
+messages), strings (user messages), :class:`Message` values and ``{"role", "content"}`` dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from avm.errors import InvalidArgument
+from avm.llm.prompts import Prompt
+from avm.llm.types import Message
+
+__all__ = ["to_messages"]
+
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def to_messages(value: str | Sequence[Any]) -> tuple[Message, ...]:
+    if isinstance(value, str):
+        return (Message("user", value),)
+    messages: list[Message] = []
+    for index, item in enumerate(value):
+        if isinstance(item, Message):
+            messages.append(item)
+        elif isinstance(item, Prompt):
+            messages.append(Message("system", item.text))
+        elif isinstance(item, str):
+            messages.append(Message("user", item))
+        elif isinstance(item, dict) and item.get("role") in _ROLES:
+            try:
+                messages.append(msgspec.convert(item, Message))
+            except msgspec.ValidationError as exc:
+                raise InvalidArgument(f"input[{index}] is not a valid message: {exc}") from None
+        else:
+            raise InvalidArgument(
+                f"input[{index}] must be a str, Prompt, Message or role/content dict, "
+                f"got {type(item).__name__}"
+            )
+    return tuple(messages)

@@ -1,0 +1,84 @@
+"""The values that cross the model boundary: messages, requests, replies and token usage.
+
+They are msgspec structs so that a request is encoded to provider JSON without an intermediate
+dict, and a reply decodes straight from the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Message",
+    "ModelReply",
+    "ModelRequest",
+    "Role",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """A model's request to call a tool: ``arguments`` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One chat message."""
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A tool offered to the model: its name, what it does, and a JSON Schema of its input."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class ModelRequest(msgspec.Struct, frozen=True):
+    """One completion request, already resolved to a provider's own model name."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Tokens a call consumed, as the provider counted them."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cached_tokens: int = 0
+
+
+class ModelReply(msgspec.Struct, frozen=True):
+    """What ``RUN_MODEL`` returns to an agent; ``str(reply)`` is its text."""
+
+    text: str
+    model: str
+    usage: Usage = Usage()
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str = "stop"
+
+    def __str__(self) -> str:
+        return self.text

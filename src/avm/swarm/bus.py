@@ -1,0 +1,179 @@
+"""The in-process swarm: topics, direct delivery, and replies collected per task.
+
+A *task id* names something an agent (or the host) sent that others may answer: a broadcast, a
+fetch, a request. Replies do not go through the answering agent's mailbox; they are collected in
+a reply slot for the task, so a sender can wait for the first reply or for k of n, with a
+timeout, even if some replies arrived before it started waiting. Reply slots are created on first
+use and bounded in number: the oldest slots nobody waited for are forgotten first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from avm._core.timers import TimerService
+from avm.errors import NotFound, SwarmError, SwarmTimeout
+from avm.swarm.mailbox import Envelope, Mailbox
+
+__all__ = ["SwarmBus"]
+
+_MAX_REPLY_SLOTS = 100_000
+
+
+class _ReplySlot:
+    __slots__ = ("k", "replies", "waiter")
+
+    def __init__(self) -> None:
+        self.replies: list[Envelope] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.k = 1
+
+
+class SwarmBus:
+    def __init__(
+        self,
+        timers: TimerService,
+        mailbox_of: Callable[[str], Mailbox | None],
+    ) -> None:
+        self._timers = timers
+        self._mailbox_of = mailbox_of  # None: no such live agent
+        self._topics: dict[str, set[str]] = {}
+        self._slots: OrderedDict[str, _ReplySlot] = OrderedDict()
+        self.delivered = 0
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def join(self, topic: str, agent_id: str) -> int:
+        members = self._topics.setdefault(topic, set())
+        members.add(agent_id)
+        return len(members)
+
+    def members(self, topic: str) -> frozenset[str]:
+        return frozenset(self._topics.get(topic, ()))
+
+    def leave_all(self, agent_id: str, topics: list[str]) -> None:
+        for topic in topics:
+            members = self._topics.get(topic)
+            if members is not None:
+                members.discard(agent_id)
+                if not members:
+                    del self._topics[topic]
+
+    @property
+    def topic_count(self) -> int:
+        return len(self._topics)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def send(self, to: str, envelope: Envelope) -> None:
+        """Deliver to one agent's mailbox, waiting while it is full."""
+        mailbox = self._mailbox_of(to)
+        if mailbox is None:
+            raise NotFound(f"no running agent {to!r} to send to")
+        try:
+            await mailbox.put(envelope)
+        except ConnectionResetError:
+            raise SwarmError(f"agent {to!r} finished before it took the message") from None
+        self.delivered += 1
+
+    async def broadcast(self, topic: str, envelope: Envelope) -> int:
+        """Deliver to every member of ``topic`` but the sender; return how many got it."""
+        count = 0
+        for member in sorted(self._topics.get(topic, ())):
+            if member == envelope.sender:
+                continue
+            mailbox = self._mailbox_of(member)
+            if mailbox is None:
+                continue
+            try:
+                await mailbox.put(envelope)
+            except ConnectionResetError:
+                continue  # the member finished while we waited; others still get it
+            count += 1
+        self.delivered += count
+        return count
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def _slot(self, task_id: str) -> _ReplySlot:
+        slot = self._slots.get(task_id)
+        if slot is None:
+            slot = self._slots[task_id] = _ReplySlot()
+            while len(self._slots) > _MAX_REPLY_SLOTS:
+                oldest, old = next(iter(self._slots.items()))
+                if old.waiter is not None:
+                    break  # never evict a slot someone waits on
+                del self._slots[oldest]
+        return slot
+
+    def reply(self, envelope: Envelope) -> None:
+        assert envelope.reply_to is not None
+        slot = self._slot(envelope.reply_to)
+        slot.replies.append(envelope)
+        if slot.waiter is not None and not slot.waiter.done() and len(slot.replies) >= slot.k:
+            slot.waiter.set_result(None)
+
+    async def wait_replies(self, task_id: str, k: int, timeout_s: float | None) -> list[Envelope]:
+        """Wait for ``k`` replies to ``task_id``; raise SwarmTimeout with how many came."""
+        slot = self._slot(task_id)
+        if len(slot.replies) < k:
+            if slot.waiter is not None:
+                raise SwarmError(f"someone is already waiting for replies to task {task_id!r}")
+            slot.k = k
+            waiter = slot.waiter = asyncio.get_running_loop().create_future()
+            timer = None
+            if timeout_s is not None:
+                timer = self._timers.call_at(
+                    self._timers.now() + timeout_s, lambda: _expire(waiter)
+                )
+            try:
+                await waiter
+            except _Expired:
+                got = len(slot.replies)
+                raise SwarmTimeout(
+                    f"task {task_id!r}: {got} of {k} replies within {timeout_s} s"
+                ) from None
+            finally:
+                slot.waiter = None
+                if timer is not None:
+                    timer.cancel()
+        self._slots.pop(task_id, None)
+        return slot.replies[:k]
+
+    def forget(self, task_id: str) -> None:
+        self._slots.pop(task_id, None)
+
+    async def receive(self, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
+        """Take the next message from ``mailbox``, waiting up to ``timeout_s``."""
+        envelope = mailbox.get_nowait()
+        if envelope is not None:
+            return envelope
+        if timeout_s is not None and timeout_s <= 0:
+            raise SwarmTimeout("no message waiting")
+        getter = mailbox.arm_getter()
+        timer = None
+        if timeout_s is not None:
+            timer = self._timers.call_at(self._timers.now() + timeout_s, lambda: _expire(getter))
+        try:
+            await getter
+        except _Expired:
+            raise SwarmTimeout(f"no message within {timeout_s} s") from None
+        finally:
+            mailbox.disarm_getter()
+            if timer is not None:
+                timer.cancel()
+        envelope = mailbox.get_nowait()
+        assert envelope is not None
+        return envelope
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())

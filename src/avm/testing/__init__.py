@@ -1,0 +1,6 @@
+"""Test kit shipped with AVM: a mock clock and a fake OpenAI-compatible server."""
+
+from avm.testing.clock import MockClock
+from avm.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeToolCall
+
+__all__ = ["FakeOpenAIServer", "FakeReply", "FakeToolCall", "MockClock"]
