@@ -52,8 +52,8 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     spec = INSTRUCTIONS[op]
     step = proc.step
     proc.step = step + 1
-    rt.scheduler.release()
-    proc.holds_slot = False
+    if spec.waits_on is not None:
+        _give_up_slot(rt, proc)
     reserved = 0
     try:
         if not spec.available:
@@ -104,6 +104,7 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         rt.ledger.charge(op, cost, rt.timers.clock.wall())
     _journal(rt, proc, step, op, args, EntryStatus.OK, encoded, cost)
     if spec.effect in _SYNCED and rt.store.durability == "durable":
+        _give_up_slot(rt, proc)
         rt.scheduler.move(proc, AgentState.WAITING, WaitReason.STORAGE)
         await rt.store.sync()
     await _resume(rt, proc)
@@ -138,6 +139,7 @@ async def _park_out_of_gas(rt: Runtime, proc: AgentProcess, needed: int) -> None
         to_gas(needed),
         to_gas(proc.gas.available or 0),
     )
+    _give_up_slot(rt, proc)
     rt.scheduler.move(proc, AgentState.OUT_OF_GAS, WaitReason.GAS)
     rt.store.agent_update(
         proc.id, status="out_of_gas", spent=proc.gas.spent, budget=proc.gas.budget
@@ -153,9 +155,26 @@ async def _park_out_of_gas(rt: Runtime, proc: AgentProcess, needed: int) -> None
     rt.store.agent_update(proc.id, status="running", spent=proc.gas.spent, budget=proc.gas.budget)
 
 
+def _give_up_slot(rt: Runtime, proc: AgentProcess) -> None:
+    if proc.holds_slot:
+        proc.holds_slot = False
+        rt.scheduler.release()
+
+
 async def _resume(rt: Runtime, proc: AgentProcess) -> None:
-    """Take a run slot again before going back to the agent's own code."""
+    """Make sure the agent holds a run slot before it goes back to its own code.
+
+    An agent that kept its slot through the instruction still passes through the event loop
+    once, so agents that became ready meanwhile can queue; it then yields the slot if an agent
+    of the same or a more urgent class is waiting (round-robin inside a class). Without this,
+    an agent issuing only instructions that never suspend would keep the slot until it ended.
+    """
     scheduler = rt.scheduler
+    if proc.holds_slot:
+        await asyncio.sleep(0)
+        if not scheduler.should_yield(proc.priority):
+            return
+        _give_up_slot(rt, proc)
     if not scheduler.try_acquire():
         scheduler.move(proc, AgentState.READY)
         await scheduler.acquire(proc.priority)

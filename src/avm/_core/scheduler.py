@@ -75,6 +75,12 @@ class Scheduler:
                 self._queued -= 1
             raise
 
+    def should_yield(self, priority: Priority) -> bool:
+        """True if an agent of ``priority`` or a more urgent class is waiting for a slot."""
+        if self._queued == 0:
+            return False
+        return any(self._queues[p] for p in range(priority + 1))
+
     def release(self) -> None:
         """Give a run slot back, handing it straight to the most urgent waiter."""
         for queue in self._queues:

@@ -39,7 +39,9 @@ class Mailbox:
         self._capacity = capacity
         self._items: deque[Envelope] = deque()
         self._getter: asyncio.Future[None] | None = None
-        self._putters: deque[asyncio.Future[None]] = deque()
+        # Senders wait here only when the mailbox is full: created on first need, since an
+        # empty deque costs ~760 bytes and most agents never see a full mailbox.
+        self._putters: deque[asyncio.Future[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -50,12 +52,14 @@ class Mailbox:
 
     @property
     def blocked_senders(self) -> int:
-        return len(self._putters)
+        return len(self._putters) if self._putters else 0
 
     async def put(self, envelope: Envelope) -> None:
         """Deliver, waiting while the mailbox is full (or other senders are already waiting)."""
         if self._putters or len(self._items) >= self._capacity:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._putters is None:
+                self._putters = deque()
             self._putters.append(future)
             try:
                 await future
@@ -86,16 +90,17 @@ class Mailbox:
         self._getter = None
 
     def _wake_putter(self) -> None:
-        while self._putters and len(self._items) < self._capacity:
-            future = self._putters.popleft()
+        putters = self._putters
+        while putters and len(self._items) < self._capacity:
+            future = putters.popleft()
             if not future.done():
                 future.set_result(None)
                 return
 
     def close(self) -> None:
         """Fail every waiting sender: the owner is gone."""
-        for future in self._putters:
+        for future in self._putters or ():
             if not future.done():
                 future.set_exception(ConnectionResetError("mailbox closed"))
-        self._putters.clear()
+        self._putters = None
         self._items.clear()
