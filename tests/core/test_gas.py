@@ -23,9 +23,7 @@ def test_to_mgas_never_undercharges(gas: float) -> None:
 
 @given(
     st.integers(min_value=0, max_value=10**9),
-    st.lists(
-        st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans()), max_size=50
-    ),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans()), max_size=50),
 )
 def test_account_never_spends_beyond_budget(
     budget: int, calls: list[tuple[int, int, bool]]
@@ -39,7 +37,8 @@ def test_account_never_spends_beyond_budget(
                 account.release(reserve)
         assert account.reserved == 0
         assert 0 <= account.spent <= budget
-        assert account.available is not None and account.available >= 0
+        assert account.available is not None
+        assert account.available >= 0
 
 
 async def _until(predicate: Callable[[], bool]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -162,7 +163,8 @@ async def test_load_prompt_and_run_model(vm: avm.VM, fake_server: FakeOpenAIServ
     prompt, reply = await run_one(vm, agent)
     assert prompt.text == "You are a careful analyst."
     assert reply.text == "echo: What about ETH?"
-    assert reply.usage.tokens_in > 0 and reply.usage.tokens_out > 0
+    assert reply.usage.tokens_in > 0
+    assert reply.usage.tokens_out > 0
     body = fake_server.requests[-1]
     assert body["messages"] == [
         {"role": "system", "content": "You are a careful analyst."},
@@ -171,7 +173,8 @@ async def test_load_prompt_and_run_model(vm: avm.VM, fake_server: FakeOpenAIServ
     assert body["max_tokens"] == 50
     # Token usage feeds gas: price_in * tokens_in + price_out * tokens_out, plus LOAD_PROMPT.
     usage = vm.ledger.by_model()["default"]
-    assert usage.calls == 1 and usage.tokens_in == reply.usage.tokens_in
+    assert usage.calls == 1
+    assert usage.tokens_in == reply.usage.tokens_in
     expected = reply.usage.tokens_in * 1 + reply.usage.tokens_out * 2
     assert vm.ledger.by_instruction()["RUN_MODEL"] == pytest.approx(expected)
     assert vm.ledger.by_instruction()["LOAD_PROMPT"] == pytest.approx(0.02 * prompt.tokens)
@@ -243,10 +246,8 @@ async def test_every_instruction_is_journaled(vm: avm.VM) -> None:
     async def agent(ctx: Context) -> None:
         await ctx.kv_store("k", 1)
         await ctx.kv_fetch("k")
-        try:
+        with contextlib.suppress(avm.InvalidArgument):
             await ctx.kv_fetch("")
-        except avm.InvalidArgument:
-            pass
         await ctx.save_execution_state(1)
 
     await run_one(vm, agent)
@@ -280,7 +281,9 @@ async def test_journal_entries_form_a_hash_chain(vm: avm.VM) -> None:
     prev = GENESIS
     for step, op, digest, status, result, gas, wall, prev_hash, entry_hash in rows:
         assert prev_hash == prev
-        assert chain_hash(prev, "t_agent-1", step, op, digest, status, result, gas, wall) == entry_hash
+        assert (
+            chain_hash(prev, "t_agent-1", step, op, digest, status, result, gas, wall) == entry_hash
+        )
         prev = entry_hash
     assert len(rows) == 5
     assert blake3.blake3(b"").digest() != prev

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 import avm
 from avm import AgentState, Context, Priority
 from avm.testing import MockClock
@@ -117,10 +119,7 @@ async def test_stats_by_state_and_reason(make_vm: Callable[..., avm.VM]) -> None
 
 async def test_priority_parse() -> None:
     assert Priority.parse("Interactive") is Priority.INTERACTIVE
-    try:
+    with pytest.raises(ValueError, match="interactive, normal, background"):
         Priority.parse("urgent")
-    except ValueError as exc:
-        assert "interactive, normal, background" in str(exc)
-    else:
-        raise AssertionError("expected ValueError")
-    assert AgentState.DONE.finished and not AgentState.OUT_OF_GAS.finished
+    assert AgentState.DONE.finished
+    assert not AgentState.OUT_OF_GAS.finished

@@ -130,7 +130,8 @@ async def test_swarm_wait_k_of_n(vm: avm.VM) -> None:
         vm.spawn(voter, vote=vote)
     await settle()
     votes = await vm.spawn(chair).result()
-    assert len(votes) == 3 and set(votes) <= {"yes", "no"}
+    assert len(votes) == 3
+    assert set(votes) <= {"yes", "no"}
 
 
 async def test_swarm_wait_reports_partial_replies(make_vm: Callable[..., avm.VM]) -> None:
@@ -165,8 +166,7 @@ async def test_swarm_fetch_asks_a_peer(vm: avm.VM) -> None:
 
     @vm.agent
     async def trader(ctx: Context) -> Any:
-        by_swarm = await ctx.swarm_fetch("price", "q1", query="ETH", timeout_s=5)
-        return by_swarm
+        return await ctx.swarm_fetch("price", "q1", query="ETH", timeout_s=5)
 
     vm.spawn(oracle)
     await settle()

@@ -137,7 +137,7 @@ class AgentHandle:
         """
         proc = self._proc
         if proc.task is not None and not proc.task.done():
-            await asyncio.shield(proc.task)
+            await asyncio.wait([proc.task])  # unlike awaiting it, never raises its cancellation
         if proc.state is AgentState.DONE:
             return proc.outcome
         if proc.state is AgentState.FAILED:
@@ -387,36 +387,45 @@ class VM:
                 created=self.clock.wall(),
             )
         )
-        proc.task = asyncio.get_running_loop().create_task(self._run(rt, proc), name=agent_id)
+        task = asyncio.get_running_loop().create_task(self._run(rt, proc), name=agent_id)
+        task.add_done_callback(lambda t: self._finished(rt, proc, t))
+        proc.task = task
         return AgentHandle(self, proc)
 
     async def _run(self, rt: Runtime, proc: AgentProcess) -> None:
         scheduler = rt.scheduler
-        status = "done"
+        head = await rt.store.journal_head(proc.id)
+        if head is not None:  # an agent id with history continues its chain
+            proc.step, proc.chain_head = head[0] + 1, head[1]
+        await scheduler.acquire(proc.priority)
+        proc.holds_slot = True
+        scheduler.move(proc, AgentState.RUNNING)
+        assert proc.context is not None
         try:
-            head = await rt.store.journal_head(proc.id)
-            if head is not None:  # an agent id with history continues its chain
-                proc.step, proc.chain_head = head[0] + 1, head[1]
-            await scheduler.acquire(proc.priority)
-            proc.holds_slot = True
-            scheduler.move(proc, AgentState.RUNNING)
-            assert proc.context is not None
             proc.outcome = await proc.definition.fn(proc.context, **proc.kwargs)
-            scheduler.move(proc, AgentState.DONE)
-        except asyncio.CancelledError:
-            # Stopped with the VM, an agent is unfinished and can be resumed; killed, it is over.
-            status = "stopped" if self._stopping else "killed"
-            scheduler.move(proc, AgentState.KILLED)
         except Exception as exc:
-            status = "failed"
             proc.outcome = exc
             scheduler.move(proc, AgentState.FAILED)
             log.warning("agent %s failed: %s: %s", proc.id, type(exc).__name__, exc)
-        finally:
-            if proc.holds_slot:
-                proc.holds_slot = False
-                scheduler.release()
-            self._retire(rt, proc, status)
+        else:
+            scheduler.move(proc, AgentState.DONE)
+
+    def _finished(self, rt: Runtime, proc: AgentProcess, task: asyncio.Task[None]) -> None:
+        """Clean up after an agent's task, however it ended (even cancelled before it ran)."""
+        if proc.holds_slot:
+            proc.holds_slot = False
+            rt.scheduler.release()
+        if not task.cancelled() and task.exception() is not None:
+            proc.outcome = task.exception()  # the VM failed around the agent (its store, say)
+            rt.scheduler.move(proc, AgentState.FAILED)
+            status = "failed"
+        elif task.cancelled() or not proc.state.finished:
+            rt.scheduler.move(proc, AgentState.KILLED)
+            # Stopped with the VM, an agent is unfinished and can be resumed; killed, it is over.
+            status = "stopped" if self._stopping else "killed"
+        else:
+            status = proc.state.name.lower()
+        self._retire(rt, proc, status)
 
     def _retire(self, rt: Runtime, proc: AgentProcess, status: str) -> None:
         if proc.topics:
