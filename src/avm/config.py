@@ -102,6 +102,7 @@ class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
     mailbox_capacity: int = 64
     default_budget: float | None = None
     prices: GasPrices = GasPrices()
+    recover: bool = True  # on start, resume the agents the last host left unfinished
     sql_max_steps: int = 5_000_000
     sql_max_open: int = 1024
 

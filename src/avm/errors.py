@@ -17,6 +17,7 @@ agent name the agent, the instruction and its step, so a message alone says wher
         ├── NotAvailable            the instruction is defined but not implemented yet
         ├── NotFound                unknown tool, model, prompt or swarm peer
         ├── OutOfGas                the budget cannot cover the instruction
+        ├── ReplayDivergence        replayed code issued another instruction than the journal
         ├── ToolError               a tool raised or returned something unusable
         ├── StorageError            KV or SQL failed
         │   └── SqlDenied           SQL tried to leave the agent's own database
@@ -46,6 +47,7 @@ __all__ = [
     "OutOfGas",
     "ProviderUnavailable",
     "RateLimited",
+    "ReplayDivergence",
     "SqlDenied",
     "StorageError",
     "SwarmError",
@@ -156,6 +158,15 @@ class OutOfGas(InstructionError):
         super().__init__(message)
         self.needed = needed
         self.available = available
+
+
+class ReplayDivergence(InstructionError):
+    """On recovery, the agent's code issued a different instruction than its journal records.
+
+    Agent code between instructions must be deterministic: time and randomness come from
+    ``ctx.now()`` and ``ctx.random()``, which are journaled. The agent halts (its history is
+    untouched) so the code can be fixed or the agent exported and inspected.
+    """
 
 
 class ToolError(InstructionError):

@@ -67,8 +67,21 @@ class Context:
         """
         done = 0
         while count is None or done < count:
-            yield cast(int, await self._x(Op.SCHEDULE_TASK, task_id, interval_s))
+            tick = await self._x(Op.SCHEDULE_TASK, task_id, interval_s)
+            yield cast(int, tick.tick)
             done += 1
+
+    async def now(self) -> float:
+        """The wall-clock time, journaled: replay returns the time the agent first saw.
+
+        Agent code must take time (and randomness) from the context, never from ``time`` or
+        ``random`` directly, so that recovery re-runs it deterministically.
+        """
+        return cast(float, await self._x(Op.NOW))
+
+    async def random(self) -> float:
+        """A random float in [0, 1), journaled like :meth:`now`."""
+        return cast(float, await self._x(Op.RANDOM))
 
     # -- prompts & models --------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from avm._core.gas import to_gas
 from avm._core.host import NeedsGas, hosts
 from avm._core.isa import INSTRUCTIONS, Effect, Op
 from avm._core.journal import (
+    EntryFlag,
     EntryStatus,
     JournalEntry,
     chain_hash,
@@ -35,6 +36,7 @@ from avm._core.journal import (
     encode_value,
 )
 from avm._core.process import AgentProcess
+from avm._core.replay import replay
 from avm._core.runtime import Runtime
 from avm._core.states import AgentState, WaitReason
 from avm.errors import InstructionError, NotAvailable
@@ -49,6 +51,10 @@ _SYNCED = frozenset({Effect.STATE, Effect.EXTERNAL})
 
 async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> Any:
     """Run one instruction for ``proc`` and return its result."""
+    if proc.replay is not None or proc.resume_state is not None:
+        return replay(rt, proc, op, args)
+    if rt.recovery.closed:
+        await rt.recovery.wait()
     spec = INSTRUCTIONS[op]
     step = proc.step
     proc.step = step + 1
@@ -124,9 +130,18 @@ def _journal(
     digest = digest_args(args)
     wall = rt.timers.clock.wall()
     prev = proc.chain_head
-    entry_hash = chain_hash(prev, proc.id, step, op.value, digest, status, result, mgas, wall)
+    flags = proc.flags
+    if step == proc.recovered_step:
+        flags |= EntryFlag.AFTER_CRASH
+        proc.recovered_step = None
+    proc.flags = 0
+    entry_hash = chain_hash(
+        prev, proc.id, step, op.value, digest, status, result, mgas, wall, flags
+    )
     rt.store.journal_append(
-        JournalEntry(proc.id, step, op.value, digest, status, result, mgas, wall, prev, entry_hash)
+        JournalEntry(
+            proc.id, step, op.value, digest, status, result, mgas, wall, prev, entry_hash, flags
+        )
     )
     proc.chain_head = entry_hash
 

@@ -53,6 +53,10 @@ class Op(enum.StrEnum):
     RELEASE_GPU = "RELEASE_GPU"
     LIST_GPUS = "LIST_GPUS"
     CHECK_GPU_LOAD = "CHECK_GPU_LOAD"
+    # Intrinsics: not in the design's table, but journaled like instructions so that agent code
+    # which needs the time or a random number stays deterministic under replay.
+    NOW = "NOW"
+    RANDOM = "RANDOM"
 
 
 class Family(enum.StrEnum):
@@ -124,6 +128,7 @@ class InstructionSpec:
     waits_on: WaitReason | None
     summary: str
     available: bool = True
+    intrinsic: bool = False
 
     def validate(self, args: tuple[Any, ...]) -> None:
         """Check positional ``args`` against the parameters; raise InvalidArgument if wrong."""
@@ -160,8 +165,11 @@ def _spec(
     summary: str,
     *,
     available: bool = True,
+    intrinsic: bool = False,
 ) -> InstructionSpec:
-    return InstructionSpec(op, family, params, returns, gas, effect, waits_on, summary, available)
+    return InstructionSpec(
+        op, family, params, returns, gas, effect, waits_on, summary, available, intrinsic
+    )
 
 
 _TIMEOUT = Param("timeout_s", _NUMBER, optional=True, check=_non_negative)
@@ -267,5 +275,9 @@ INSTRUCTIONS: Mapping[Op, InstructionSpec] = {
               "List GPUs.", available=False),
         _spec(Op.CHECK_GPU_LOAD, _G, (), "load", "check_gpu_load", Effect.READ, None,
               "Report the leased GPU's load.", available=False),
+        _spec(Op.NOW, _T, (), "wall-clock seconds since the epoch", "free", Effect.READ, None,
+              "The current time, journaled so replay sees the same value.", intrinsic=True),
+        _spec(Op.RANDOM, _T, (), "a float in [0, 1)", "free", Effect.READ, None,
+              "A random number, journaled so replay sees the same value.", intrinsic=True),
     )
 }  # fmt: skip

@@ -22,6 +22,7 @@ from avm.errors import InvalidArgument
 
 __all__ = [
     "GENESIS",
+    "EntryFlag",
     "EntryStatus",
     "JournalEntry",
     "chain_hash",
@@ -40,6 +41,14 @@ class EntryStatus(enum.IntEnum):
     ERROR = 1
 
 
+class EntryFlag(enum.IntFlag):
+    """What recovery did for an entry; recorded so the journal says which happened."""
+
+    NONE = 0
+    AFTER_CRASH = 1  # the first step performed live after a recovery: it may have been in flight
+    DEDUPLICATED = 2  # found already applied (an agent SQL write), so not performed again
+
+
 class JournalEntry(msgspec.Struct, frozen=True, array_like=True):
     agent_id: str
     step: int
@@ -51,6 +60,7 @@ class JournalEntry(msgspec.Struct, frozen=True, array_like=True):
     wall: float
     prev_hash: bytes
     hash: bytes
+    flags: int = 0
 
 
 def encode_value(value: Any, what: str = "value") -> bytes:
@@ -87,9 +97,10 @@ def chain_hash(
     result: bytes,
     gas: int,
     wall: float,
+    flags: int = 0,
 ) -> bytes:
     """The entry hash: BLAKE3 over the previous hash and every recorded field."""
     hasher = blake3.blake3(prev_hash)
-    hasher.update(_encoder.encode((agent_id, step, op, args_digest, status, gas, wall)))
+    hasher.update(_encoder.encode((agent_id, step, op, args_digest, status, gas, wall, flags)))
     hasher.update(result)
     return hasher.digest()

@@ -8,12 +8,13 @@ lazily created mailbox and schedules) because a VM holds a great many of them.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from avm._core.gas import GasAccount
-from avm._core.journal import GENESIS
+from avm._core.journal import GENESIS, JournalEntry
 from avm._core.states import AgentState, Priority, WaitReason
 from avm.errors import CapabilityDenied
 
@@ -69,6 +70,7 @@ class AgentProcess:
         "chain_head",
         "context",
         "definition",
+        "flags",
         "gas",
         "holds_slot",
         "id",
@@ -76,6 +78,9 @@ class AgentProcess:
         "mailbox",
         "outcome",
         "priority",
+        "recovered_step",
+        "replay",
+        "resume_state",
         "schedules",
         "state",
         "step",
@@ -110,3 +115,10 @@ class AgentProcess:
         self.top_up_waiter: asyncio.Future[None] | None = None
         self.outcome: Any = None
         self.context: Context | None = None
+        # Recovery: journal entries still to replay, the checkpointed state the first
+        # LOAD_EXECUTION_STATE returns, the step that may have been in flight at the crash, and
+        # flags for the journal entry being made.
+        self.replay: deque[JournalEntry] | None = None
+        self.resume_state: bytes | None = None
+        self.recovered_step: int | None = None
+        self.flags = 0

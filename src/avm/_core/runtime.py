@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from avm._core.gas import GasLedger
 from avm._core.metrics import RateMeter
 from avm._core.process import AgentProcess
+from avm._core.recovery import RecoveryGate
 from avm._core.scheduler import Scheduler
 from avm._core.timers import TimerService
 from avm.config import GasPrices, VMConfig
@@ -40,3 +41,4 @@ class Runtime:
     processes: dict[str, AgentProcess]
     instructions: RateMeter
     model_requests: RateMeter
+    recovery: RecoveryGate

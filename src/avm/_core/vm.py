@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import resource
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -23,9 +24,10 @@ import psutil
 from avm._core.clock import Clock, SystemClock
 from avm._core.context import Context
 from avm._core.gas import GasAccount, GasLedger, to_gas, to_mgas
-from avm._core.journal import encode_value
+from avm._core.journal import decode_value, encode_value
 from avm._core.metrics import RateMeter
 from avm._core.process import AgentDefinition, AgentFunction, AgentProcess, Capabilities
+from avm._core.recovery import RecoveryGate, restore
 from avm._core.runtime import Runtime
 from avm._core.scheduler import Scheduler
 from avm._core.states import AgentState, Priority, WaitReason
@@ -46,15 +48,14 @@ from avm.llm.prompts import PromptLibrary
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
 from avm.storage.sqlite import SqliteStateStore
-from avm.swarm.bus import SwarmBus
+from avm.swarm.bus import HOST, SwarmBus
+from avm.swarm.durable import StoreMessageLog
 from avm.swarm.mailbox import Envelope, Mailbox
 from avm.tools.registry import ToolFunction, ToolKind, ToolRegistry
 
 __all__ = ["VM", "AgentHandle", "VMStats"]
 
 log = logging.getLogger(__name__)
-
-_HOST = "@host"
 
 
 class VMStats(msgspec.Struct, frozen=True):
@@ -179,8 +180,11 @@ class VM:
         self._counters: dict[str, Iterator[int]] = {}
         self.ledger = GasLedger(self._accounts)
         self._rt: Runtime | None = None
+        self._orphans: dict[str, list[AgentRecord]] = {}
         self._started_at = 0.0
         self._stopping = False
+        # Host message ids must not repeat across VM runs: the durable inbox dedupes by id.
+        self._host_prefix = f"{HOST}:{secrets.token_hex(6)}"
         self._host_requests = itertools.count(1)
 
     # -- definitions ---------------------------------------------------------------------------
@@ -221,6 +225,8 @@ class VM:
         """
 
         def define(fn: AgentFunction) -> AgentDefinition:
+            if isinstance(fn, AgentDefinition):  # the same agent code, registered in this VM
+                fn = fn.fn
             if not asyncio.iscoroutinefunction(fn):
                 raise AvmError(f"agent {fn!r} must be an async function")
             definition = AgentDefinition(
@@ -235,6 +241,8 @@ class VM:
                 ),
             )
             self._definitions[definition.name] = definition
+            if self._rt is not None and definition.name in self._orphans:
+                self._resume_orphans(self._rt, definition.name)
             return definition
 
         return define(fn) if fn is not None else define
@@ -287,7 +295,7 @@ class VM:
             ),
             scheduler=Scheduler(self.config.max_running),
             timers=timers,
-            bus=SwarmBus(timers, self._mailbox_of),
+            bus=SwarmBus(timers, self._mailbox_of, StoreMessageLog(store)),
             tools=self.tools,
             prompts=self.prompts,
             models=self.models,
@@ -295,9 +303,50 @@ class VM:
             processes=self._processes,
             instructions=RateMeter(),
             model_requests=RateMeter(),
+            recovery=RecoveryGate(),
         )
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
+        if self.config.recover:
+            await self._recover(self._rt)
+
+    async def _recover(self, rt: Runtime) -> None:
+        """Resume every agent the last host left unfinished.
+
+        Agents whose definition is registered resume now; the others wait until one with their
+        definition's name is registered (``vm.agent``), and stay stopped if none ever is.
+        """
+        for record in await rt.store.agents_unfinished():
+            self._orphans.setdefault(record.definition, []).append(record)
+        for name in list(self._orphans):
+            if name in self._definitions:
+                self._resume_orphans(rt, name)
+        if self._orphans:
+            waiting = sum(len(records) for records in self._orphans.values())
+            log.info(
+                "%d unfinished agents wait for their definitions: %s",
+                waiting,
+                ", ".join(sorted(self._orphans)),
+            )
+
+    def _resume_orphans(self, rt: Runtime, name: str) -> None:
+        definition = self._definitions[name]
+        for record in self._orphans.pop(name, []):
+            proc = AgentProcess(
+                record.agent_id,
+                definition,
+                decode_value(record.args),
+                Priority(record.priority),
+                record.budget,
+            )
+            proc.context = Context(rt, proc)
+            rt.scheduler.enter(proc, AgentState.READY)
+            self._processes[proc.id] = proc
+            if record.first_step < 0:  # stopped before it ever ran: start it afresh
+                self._start_task(rt, proc, fresh=True, args=record.args)
+            else:
+                rt.recovery.expect(proc.id)
+                self._start_task(rt, proc, fresh=False, record=record)
 
     async def stop(self) -> None:
         """Stop every running agent and close the stores. Stopped agents keep their state."""
@@ -375,28 +424,57 @@ class VM:
         proc.context = Context(rt, proc)
         rt.scheduler.enter(proc, AgentState.READY)
         self._processes[agent_id] = proc
-        rt.store.agent_put(
-            AgentRecord(
-                agent_id=agent_id,
-                definition=definition.name,
-                args=args,
-                priority=int(prio),
-                budget=budget_mgas,
-                spent=0,
-                status="running",
-                created=self.clock.wall(),
-            )
-        )
-        task = asyncio.get_running_loop().create_task(self._run(rt, proc), name=agent_id)
-        task.add_done_callback(lambda t: self._finished(rt, proc, t))
-        proc.task = task
+        # Persisted at once, so an agent stopped before it first runs is still resumed; where
+        # its journal starts is learnt when it does run (first_step -1 until then).
+        self._record(rt, proc, args, first_step=-1)
+        self._start_task(rt, proc, fresh=True, args=args)
         return AgentHandle(self, proc)
 
-    async def _run(self, rt: Runtime, proc: AgentProcess) -> None:
+    def _record(self, rt: Runtime, proc: AgentProcess, args: bytes, *, first_step: int) -> None:
+        rt.store.agent_put(
+            AgentRecord(
+                agent_id=proc.id,
+                definition=proc.definition.name,
+                args=args,
+                priority=int(proc.priority),
+                budget=proc.gas.budget,
+                spent=proc.gas.spent,
+                status="running",
+                created=self.clock.wall(),
+                first_step=first_step,
+            )
+        )
+
+    def _start_task(
+        self,
+        rt: Runtime,
+        proc: AgentProcess,
+        *,
+        fresh: bool,
+        args: bytes = b"",
+        record: AgentRecord | None = None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run(rt, proc, args if fresh else None, record), name=proc.id
+        )
+        task.add_done_callback(lambda t: self._finished(rt, proc, t))
+        proc.task = task
+
+    async def _run(
+        self,
+        rt: Runtime,
+        proc: AgentProcess,
+        fresh_args: bytes | None,
+        record: AgentRecord | None,
+    ) -> None:
         scheduler = rt.scheduler
-        head = await rt.store.journal_head(proc.id)
-        if head is not None:  # an agent id with history continues its chain
-            proc.step, proc.chain_head = head[0] + 1, head[1]
+        if record is not None:
+            await restore(rt, proc, record)
+        elif fresh_args is not None:
+            head = await rt.store.journal_head(proc.id)
+            if head is not None:  # an agent id with history starts a new incarnation
+                proc.step, proc.chain_head = head[0] + 1, head[1]
+            self._record(rt, proc, fresh_args, first_step=proc.step)
         await scheduler.acquire(proc.priority)
         proc.holds_slot = True
         scheduler.move(proc, AgentState.RUNNING)
@@ -415,6 +493,7 @@ class VM:
         if proc.holds_slot:
             proc.holds_slot = False
             rt.scheduler.release()
+        rt.recovery.done(proc.id)  # an agent that ended while replaying no longer holds the gate
         if not task.cancelled() and task.exception() is not None:
             proc.outcome = task.exception()  # the VM failed around the agent (its store, say)
             rt.scheduler.move(proc, AgentState.FAILED)
@@ -500,8 +579,8 @@ class VM:
     async def request(self, agent_id: str, data: Any, *, timeout_s: float | None = 30.0) -> Any:
         """Send a request to an agent's mailbox and wait for its reply (see ``ctx.reply``)."""
         rt = self._runtime()
-        task_id = f"{_HOST}:{next(self._host_requests)}"
-        await rt.bus.send(agent_id, Envelope(task_id, _HOST, "request", data, "request"))
+        task_id = f"{self._host_prefix}:{next(self._host_requests)}"
+        await rt.bus.send(agent_id, Envelope(task_id, HOST, "request", data, "request"))
         try:
             replies = await rt.bus.wait_replies(task_id, 1, timeout_s)
         except SwarmError as exc:
@@ -511,14 +590,14 @@ class VM:
 
     async def post(self, agent_id: str, data: Any, *, topic: str = "direct") -> None:
         rt = self._runtime()
-        task_id = f"{_HOST}:{next(self._host_requests)}"
-        await rt.bus.send(agent_id, Envelope(task_id, _HOST, topic, data))
+        task_id = f"{self._host_prefix}:{next(self._host_requests)}"
+        await rt.bus.send(agent_id, Envelope(task_id, HOST, topic, data))
 
     async def publish(self, swarm_id: str, data: Any) -> int:
         """Broadcast from the host to every member of a swarm; returns how many received it."""
         rt = self._runtime()
-        task_id = f"{_HOST}:{next(self._host_requests)}"
-        return await rt.bus.broadcast(swarm_id, Envelope(task_id, _HOST, swarm_id, data))
+        task_id = f"{self._host_prefix}:{next(self._host_requests)}"
+        return await rt.bus.broadcast(swarm_id, Envelope(task_id, HOST, swarm_id, data))
 
     # -- observation ---------------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ which attaches), ``PRAGMA``, ``load_extension``, transaction control (each state
 transaction) and virtual tables other than FTS5 and R*Tree. ``SQL_FETCH`` runs with a read-only
 authorizer on top, so a read can always be safely re-run.
 
+Exactly once: every ``SQL_EXECUTE`` runs in a transaction that also records its step number
+in the agent's database (table ``_avm_applied``, hidden from the agent). The statement and its
+journal entry live in different files, so after a crash the VM asks ``applied(step)`` before
+performing the one statement that may have been in flight, and never applies it twice.
+
 Work is metered like fuel: a progress handler counts SQLite virtual-machine steps in units of
 :data:`OPS_PER_UNIT`, aborts a statement that exceeds what the caller can pay for (or the VM's
 hard step limit), and reports the units used, which is the ``complexity`` of the gas formula.
@@ -42,6 +47,11 @@ _READ_ONLY_ALLOWED = {_A.SQLITE_SELECT, _A.SQLITE_READ, _A.SQLITE_FUNCTION, _A.S
 _VIRTUAL_MODULES = {"fts5", "rtree"}
 _ALLOWED_SCHEMAS = {None, "main", "temp"}
 _MAX_PAGES = 262_144  # 1 GiB of 4 KiB pages per agent database
+_APPLIED = "_avm_applied"
+_APPLIED_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {_APPLIED} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "step INTEGER NOT NULL, rowcount INTEGER NOT NULL, lastrowid INTEGER);"
+)
 
 
 class SqlResult(msgspec.Struct, frozen=True):
@@ -54,9 +64,10 @@ class SqlResult(msgspec.Struct, frozen=True):
 class _Meter:
     """Per-statement state shared with the authorizer and progress handler callbacks."""
 
-    __slots__ = ("denied", "limit", "over_budget", "read_only", "units")
+    __slots__ = ("denied", "internal", "limit", "over_budget", "read_only", "units")
 
     def __init__(self) -> None:
+        self.internal = False  # the VM's own bookkeeping statements bypass the authorizer
         self.denied: str | None = None
         self.read_only = False
         self.units = 0
@@ -89,6 +100,7 @@ class AgentDatabases:
         db.executescript(
             ("PRAGMA journal_mode=WAL;" if fresh else "")
             + f"PRAGMA synchronous=NORMAL; PRAGMA max_page_count={_MAX_PAGES};"
+            + _APPLIED_SCHEMA
         )
         meter = _Meter()
         db.set_authorizer(self._authorizer(meter))
@@ -103,7 +115,11 @@ class AgentDatabases:
     def _authorizer(meter: _Meter) -> Any:
         def authorize(action: int, arg1: str | None, arg2: str | None, schema: str | None,
                       _trigger: str | None) -> int:  # fmt: skip
+            if meter.internal:
+                return _A.SQLITE_OK
             reason = _ALWAYS_DENIED.get(action)
+            if reason is None and _APPLIED in (arg1, arg2):
+                reason = f"table {_APPLIED} belongs to the VM"
             if reason is None and action == _A.SQLITE_FUNCTION and arg2 == "load_extension":
                 reason = "load_extension is not allowed"
             if reason is None and schema not in _ALLOWED_SCHEMAS:
@@ -166,18 +182,56 @@ class AgentDatabases:
         agent_id: str,
         query: str,
         params: Sequence[Any] | Mapping[str, Any],
+        step: int,
         unit_limit: int | None = None,
     ) -> tuple[SqlResult, int]:
-        """Run one statement; return its result and the work units it used (at least 1)."""
-        cursor, _, meter = self._run(
-            agent_id, query, params, read_only=False, unit_limit=unit_limit
-        )
+        """Run one statement as step ``step``; return its result and the work units it used."""
+        db, meter = self._connection(agent_id)
+        self._internal(db, meter, "BEGIN")
         try:
-            cursor.fetchall()  # step a RETURNING clause or a SELECT to completion
+            cursor, _, meter = self._run(
+                agent_id, query, params, read_only=False, unit_limit=unit_limit
+            )
+            try:
+                cursor.fetchall()  # step a RETURNING clause or a SELECT to completion
+            except sqlite3.Error as exc:
+                raise self._translate(exc, meter) from None
+            result = SqlResult(cursor.rowcount, cursor.lastrowid)
+            units = max(1, meter.units)
+            self._internal(
+                db,
+                meter,
+                f"INSERT INTO {_APPLIED}(id, step, rowcount, lastrowid) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET step = excluded.step, "
+                "rowcount = excluded.rowcount, lastrowid = excluded.lastrowid",
+                (step, result.rowcount, result.lastrowid),
+            )
+            self._internal(db, meter, "COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                self._internal(db, meter, "ROLLBACK")
+            raise
+        return result, units
+
+    def applied(self, agent_id: str, step: int) -> SqlResult | None:
+        """The result of ``SQL_EXECUTE`` step ``step`` if it was already committed."""
+        db, meter = self._connection(agent_id)
+        row = self._internal(
+            db, meter, f"SELECT rowcount, lastrowid FROM {_APPLIED} WHERE step = ?", (step,)
+        ).fetchone()
+        return None if row is None else SqlResult(row[0], row[1])
+
+    @staticmethod
+    def _internal(
+        db: sqlite3.Connection, meter: _Meter, sql: str, params: tuple[Any, ...] = ()
+    ) -> sqlite3.Cursor:
+        meter.internal, meter.limit = True, 1 << 40
+        try:
+            return db.execute(sql, params)
         except sqlite3.Error as exc:
-            raise self._translate(exc, meter) from None
-        result = SqlResult(cursor.rowcount, cursor.lastrowid)
-        return result, max(1, meter.units)
+            raise StorageError(f"agent database bookkeeping failed: {exc}") from None
+        finally:
+            meter.internal = False
 
     def fetch(
         self, agent_id: str, query: str, params: Sequence[Any] | Mapping[str, Any]

@@ -29,6 +29,7 @@ class AgentRecord(msgspec.Struct, kw_only=True):
     spent: int
     status: str
     created: float
+    first_step: int = 0  # where the current incarnation's journal begins
 
 
 class StateStore(Protocol):
@@ -50,7 +51,25 @@ class StateStore(Protocol):
         """The last step number and hash of an agent's chain, or None if it has none."""
         ...
 
-    async def journal_entries(self, agent_id: str) -> list[JournalEntry]: ...
+    async def journal_entries(self, agent_id: str, from_step: int = 0) -> list[JournalEntry]: ...
+
+    async def journal_gas(self, agent_id: str, from_step: int) -> int:
+        """Milligas charged to an agent from ``from_step`` on (its current incarnation)."""
+        ...
+
+    async def last_checkpoint(self, agent_id: str, from_step: int) -> int | None:
+        """The step of the agent's latest SAVE/RESET_EXECUTION_STATE at or after ``from_step``."""
+        ...
+
+    def inbox_put(self, agent_id: str, message_id: str, envelope: bytes) -> bool:
+        """Record a message delivered to an agent; False if it already had that message."""
+        ...
+
+    def inbox_consume(self, agent_id: str, message_id: str) -> None: ...
+
+    async def inbox_pending(self, agent_id: str) -> list[bytes]:
+        """Messages delivered to an agent and not yet consumed, in delivery order."""
+        ...
 
     def agent_put(self, record: AgentRecord) -> None: ...
 
@@ -59,6 +78,10 @@ class StateStore(Protocol):
     ) -> None: ...
 
     async def agent_get(self, agent_id: str) -> AgentRecord | None: ...
+
+    async def agents_unfinished(self) -> list[AgentRecord]:
+        """Agents whose last incarnation was running, out of gas, or stopped with the VM."""
+        ...
 
     async def sync(self) -> None:
         """Return once every write made so far is durable (at once in relaxed mode)."""

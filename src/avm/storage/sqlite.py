@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from avm._core.journal import EntryStatus, JournalEntry
 from avm.config import Durability
@@ -33,8 +34,10 @@ CREATE TABLE IF NOT EXISTS agents (
     budget     INTEGER,
     spent      INTEGER NOT NULL,
     status     TEXT NOT NULL,
-    created    REAL NOT NULL
+    created    REAL NOT NULL,
+    first_step INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status);
 CREATE TABLE IF NOT EXISTS journal (
     agent_id    TEXT NOT NULL,
     step        INTEGER NOT NULL,
@@ -46,8 +49,17 @@ CREATE TABLE IF NOT EXISTS journal (
     wall        REAL NOT NULL,
     prev_hash   BLOB NOT NULL,
     hash        BLOB NOT NULL,
+    flags       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (agent_id, step)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    seq        INTEGER PRIMARY KEY,
+    agent_id   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    envelope   BLOB NOT NULL,
+    consumed   INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (agent_id, message_id)
+);
 CREATE TABLE IF NOT EXISTS kv (
     agent_id TEXT NOT NULL,
     key      TEXT NOT NULL,
@@ -176,7 +188,7 @@ class SqliteStateStore:
     def journal_append(self, entry: JournalEntry) -> None:
         self._write(
             "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
-            "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "prev_hash, hash, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.agent_id,
                 entry.step,
@@ -188,6 +200,7 @@ class SqliteStateStore:
                 entry.wall,
                 entry.prev_hash,
                 entry.hash,
+                entry.flags,
             ),
         )
 
@@ -198,28 +211,68 @@ class SqliteStateStore:
         ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    async def journal_entries(self, agent_id: str) -> list[JournalEntry]:
+    async def journal_entries(self, agent_id: str, from_step: int = 0) -> list[JournalEntry]:
         rows = self._db.execute(
-            "SELECT agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash "
-            "FROM journal WHERE agent_id = ? ORDER BY step",
-            (agent_id,),
+            "SELECT agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash, "
+            "flags FROM journal WHERE agent_id = ? AND step >= ? ORDER BY step",
+            (agent_id, from_step),
         ).fetchall()
         return [
             JournalEntry(
                 r[0], r[1], r[2], bytes(r[3]), EntryStatus(r[4]), bytes(r[5]), r[6], r[7],
-                bytes(r[8]), bytes(r[9]),
+                bytes(r[8]), bytes(r[9]), r[10],
             )
             for r in rows
         ]  # fmt: skip
+
+    async def journal_gas(self, agent_id: str, from_step: int) -> int:
+        row = self._db.execute(
+            "SELECT coalesce(sum(gas), 0) FROM journal WHERE agent_id = ? AND step >= ?",
+            (agent_id, from_step),
+        ).fetchone()
+        return int(row[0])
+
+    async def last_checkpoint(self, agent_id: str, from_step: int) -> int | None:
+        row = self._db.execute(
+            "SELECT max(step) FROM journal WHERE agent_id = ? AND step >= ? AND status = 0 "
+            "AND op IN ('SAVE_EXECUTION_STATE', 'RESET_EXECUTION_STATE')",
+            (agent_id, from_step),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # -- inbox -------------------------------------------------------------------------------
+
+    def inbox_put(self, agent_id: str, message_id: str, envelope: bytes) -> bool:
+        before = self._db.total_changes
+        self._write(
+            "INSERT OR IGNORE INTO inbox(agent_id, message_id, envelope) VALUES (?, ?, ?)",
+            (agent_id, message_id, envelope),
+        )
+        return self._db.total_changes > before
+
+    def inbox_consume(self, agent_id: str, message_id: str) -> None:
+        self._write(
+            "UPDATE inbox SET consumed = 1 WHERE agent_id = ? AND message_id = ?",
+            (agent_id, message_id),
+        )
+
+    async def inbox_pending(self, agent_id: str) -> list[bytes]:
+        rows = self._db.execute(
+            "SELECT envelope FROM inbox WHERE agent_id = ? AND consumed = 0 ORDER BY seq",
+            (agent_id,),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     # -- agents ------------------------------------------------------------------------------
 
     def agent_put(self, record: AgentRecord) -> None:
         self._write(
             "INSERT INTO agents(agent_id, definition, args, priority, budget, spent, status, "
-            "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET "
-            "definition = excluded.definition, args = excluded.args, "
-            "priority = excluded.priority, budget = excluded.budget, status = excluded.status",
+            "created, first_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id) DO "
+            "UPDATE SET definition = excluded.definition, args = excluded.args, "
+            "priority = excluded.priority, budget = excluded.budget, spent = excluded.spent, "
+            "status = excluded.status, created = excluded.created, "
+            "first_step = excluded.first_step",
             (
                 record.agent_id,
                 record.definition,
@@ -229,6 +282,7 @@ class SqliteStateStore:
                 record.spent,
                 record.status,
                 record.created,
+                record.first_step,
             ),
         )
 
@@ -238,21 +292,33 @@ class SqliteStateStore:
             (status, spent, budget, agent_id),
         )
 
+    _AGENT_COLUMNS = (
+        "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+    )
+
+    @staticmethod
+    def _agent(row: Any) -> AgentRecord:
+        return AgentRecord(
+            agent_id=str(row[0]),
+            definition=str(row[1]),
+            args=bytes(row[2]),
+            priority=int(row[3]),
+            budget=None if row[4] is None else int(row[4]),
+            spent=int(row[5]),
+            status=str(row[6]),
+            created=float(row[7]),
+            first_step=int(row[8]),
+        )
+
     async def agent_get(self, agent_id: str) -> AgentRecord | None:
         row = self._db.execute(
-            "SELECT agent_id, definition, args, priority, budget, spent, status, created "
-            "FROM agents WHERE agent_id = ?",
-            (agent_id,),
+            f"SELECT {self._AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)
         ).fetchone()
-        if row is None:
-            return None
-        return AgentRecord(
-            agent_id=row[0],
-            definition=row[1],
-            args=bytes(row[2]),
-            priority=row[3],
-            budget=row[4],
-            spent=row[5],
-            status=row[6],
-            created=row[7],
-        )
+        return None if row is None else self._agent(row)
+
+    async def agents_unfinished(self) -> list[AgentRecord]:
+        rows = self._db.execute(
+            f"SELECT {self._AGENT_COLUMNS} FROM agents "
+            "WHERE status IN ('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
+        ).fetchall()
+        return [self._agent(row) for row in rows]

@@ -1,5 +1,11 @@
 """The in-process swarm: topics, direct delivery, and replies collected per task.
 
+Delivery is durable when the bus has a :class:`MessageLog`: a message is recorded for its
+recipient before it enters the mailbox, and marked consumed when the recipient takes it, both in
+the same batch as the journal entries of the instructions involved. A recovered VM puts the
+unconsumed messages back, and a message re-sent after a crash (same id) is recognised and not
+delivered twice.
+
 A *task id* names something an agent (or the host) sent that others may answer: a broadcast, a
 fetch, a request. Replies do not go through the answering agent's mailbox; they are collected in
 a reply slot for the task, so a sender can wait for the first reply or for k of n, with a
@@ -12,15 +18,29 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from avm._core.timers import TimerService
 from avm.errors import NotFound, SwarmError, SwarmTimeout
 from avm.swarm.mailbox import Envelope, Mailbox
 
-__all__ = ["SwarmBus"]
+__all__ = ["MessageLog", "SwarmBus", "task_owner"]
 
 _MAX_REPLY_SLOTS = 100_000
+HOST = "@host"
+
+
+class MessageLog(Protocol):
+    def delivered(self, agent_id: str, envelope: Envelope) -> bool:
+        """Record a delivery; False if the agent already had this message (a re-send)."""
+        ...
+
+    def consumed(self, agent_id: str, envelope: Envelope) -> None: ...
+
+
+def task_owner(task_id: str) -> str:
+    """Task ids are ``owner:step`` or ``owner:request_id``; replies belong to the owner."""
+    return task_id.partition(":")[0]
 
 
 class _ReplySlot:
@@ -37,9 +57,11 @@ class SwarmBus:
         self,
         timers: TimerService,
         mailbox_of: Callable[[str], Mailbox | None],
+        log: MessageLog | None = None,
     ) -> None:
         self._timers = timers
         self._mailbox_of = mailbox_of  # None: no such live agent
+        self._log = log
         self._topics: dict[str, set[str]] = {}
         self._slots: OrderedDict[str, _ReplySlot] = OrderedDict()
         self.delivered = 0
@@ -73,6 +95,8 @@ class SwarmBus:
         mailbox = self._mailbox_of(to)
         if mailbox is None:
             raise NotFound(f"no running agent {to!r} to send to")
+        if self._log is not None and not self._log.delivered(to, envelope):
+            return
         try:
             await mailbox.put(envelope)
         except ConnectionResetError:
@@ -87,6 +111,8 @@ class SwarmBus:
                 continue
             mailbox = self._mailbox_of(member)
             if mailbox is None:
+                continue
+            if self._log is not None and not self._log.delivered(member, envelope):
                 continue
             try:
                 await mailbox.put(envelope)
@@ -109,8 +135,12 @@ class SwarmBus:
                 del self._slots[oldest]
         return slot
 
-    def reply(self, envelope: Envelope) -> None:
+    def reply(self, envelope: Envelope, *, persist: bool = True) -> None:
         assert envelope.reply_to is not None
+        owner = task_owner(envelope.reply_to)
+        logged = persist and owner != HOST and self._log is not None
+        if logged and not self._log.delivered(owner, envelope):  # type: ignore[union-attr]
+            return
         slot = self._slot(envelope.reply_to)
         slot.replies.append(envelope)
         if slot.waiter is not None and not slot.waiter.done() and len(slot.replies) >= slot.k:
@@ -141,15 +171,23 @@ class SwarmBus:
                 if timer is not None:
                     timer.cancel()
         self._slots.pop(task_id, None)
-        return slot.replies[:k]
+        taken = slot.replies[:k]
+        if self._log is not None:
+            owner = task_owner(task_id)
+            if owner != HOST:
+                for reply in taken:
+                    self._log.consumed(owner, reply)
+        return taken
 
     def forget(self, task_id: str) -> None:
         self._slots.pop(task_id, None)
 
-    async def receive(self, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
-        """Take the next message from ``mailbox``, waiting up to ``timeout_s``."""
+    async def receive(self, owner: str, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
+        """Take the next message from ``owner``'s mailbox, waiting up to ``timeout_s``."""
         envelope = mailbox.get_nowait()
         if envelope is not None:
+            if self._log is not None:
+                self._log.consumed(owner, envelope)
             return envelope
         if timeout_s is not None and timeout_s <= 0:
             raise SwarmTimeout("no message waiting")
@@ -167,6 +205,8 @@ class SwarmBus:
                 timer.cancel()
         envelope = mailbox.get_nowait()
         assert envelope is not None
+        if self._log is not None:
+            self._log.consumed(owner, envelope)
         return envelope
 
 

@@ -74,6 +74,10 @@ class Mailbox:
         if getter is not None and not getter.done():
             getter.set_result(None)
 
+    def restore(self, envelope: Envelope) -> None:
+        """Put back a message recovered from the store, regardless of capacity (never drop)."""
+        self._items.append(envelope)
+
     def get_nowait(self) -> Envelope | None:
         if not self._items:
             return None

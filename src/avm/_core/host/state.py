@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from avm._core.gas import to_mgas
 from avm._core.host import Host, NeedsGas, flat, free, passthrough
 from avm._core.isa import Op
-from avm._core.journal import decode_value, encode_value
+from avm._core.journal import EntryFlag, decode_value, encode_value
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
 from avm.errors import InvalidArgument
@@ -81,11 +81,17 @@ def _params(args: tuple[Any, ...]) -> Any:
 
 async def _sql_execute(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int) -> Any:
     unit = max(1, to_mgas(rt.prices.sql_execute_per_op))
+    if step == proc.recovered_step:
+        # This statement may have committed just before the crash that its journal entry missed.
+        done = rt.sql.applied(proc.id, step)
+        if done is not None:
+            proc.flags |= EntryFlag.DEDUPLICATED
+            return done, unit
     available = proc.gas.available
     # What the agent can pay for: its free budget plus the one unit reserved for this call.
     limit = None if available is None else (available + unit) // unit
     try:
-        result, units = rt.sql.execute(proc.id, args[0], _params(args), limit)
+        result, units = rt.sql.execute(proc.id, args[0], _params(args), step, limit)
     except SqlOverLimit as over:
         if over.hard_cap:
             raise

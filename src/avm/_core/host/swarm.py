@@ -75,7 +75,7 @@ async def _broadcast(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], ste
 async def _wait(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int) -> Any:
     task_id, k, timeout_s = args
     if task_id is None:
-        return await rt.bus.receive(mailbox_of(rt, proc), timeout_s), 0
+        return await rt.bus.receive(proc.id, mailbox_of(rt, proc), timeout_s), 0
     return await rt.bus.wait_replies(task_id, k or 1, timeout_s), 0
 
 

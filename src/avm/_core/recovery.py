@@ -1,0 +1,97 @@
+"""Recovery: rebuilding unfinished agents from their records, journals and inboxes.
+
+When a VM starts on a state directory whose agents were running (the last host stopped, or was
+killed), each one is rebuilt: its gas from the journal's own totals, its replay queue from the
+entries after its latest checkpoint, its mailbox and reply slots from the messages delivered to
+it and not yet consumed. It then re-runs from its entry point (see :mod:`avm._core.replay`).
+
+Live execution waits behind a gate until every recovering agent has replayed up to its live
+frontier, so no agent acts on a swarm whose members have not re-joined it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from avm._core.journal import GENESIS, encode_value
+from avm._core.process import AgentProcess
+from avm.storage.base import AgentRecord
+from avm.swarm.mailbox import Envelope, Mailbox
+
+if TYPE_CHECKING:
+    from avm._core.runtime import Runtime
+
+__all__ = ["RecoveryGate", "restore"]
+
+log = logging.getLogger(__name__)
+_envelope = msgspec.msgpack.Decoder(Envelope)
+
+
+class RecoveryGate:
+    """Holds live instructions back while recovering agents replay."""
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @property
+    def closed(self) -> bool:
+        return not self._open.is_set()
+
+    def expect(self, agent_id: str) -> None:
+        self._pending.add(agent_id)
+        self._open.clear()
+
+    def done(self, agent_id: str) -> None:
+        self._pending.discard(agent_id)
+        if not self._pending:
+            self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+
+async def restore(rt: Runtime, proc: AgentProcess, record: AgentRecord) -> None:
+    """Load what ``proc`` needs to resume as it was when its last host stopped.
+
+    Runs inside the agent's own task, before its code starts; the caller has already closed the
+    recovery gate for it (``rt.recovery.expect``).
+    """
+    store = rt.store
+    agent_id = record.agent_id
+    proc.gas.spent = await store.journal_gas(agent_id, record.first_step)
+    head = await store.journal_head(agent_id)
+    proc.chain_head = GENESIS if head is None else head[1]
+    frontier = record.first_step if head is None else max(head[0] + 1, record.first_step)
+    checkpoint = await store.last_checkpoint(agent_id, record.first_step)
+    start = record.first_step if checkpoint is None else checkpoint + 1
+    if checkpoint is not None:
+        state = await store.state_get(agent_id)
+        proc.resume_state = state if state is not None else encode_value(None)
+    entries = await store.journal_entries(agent_id, start)
+    proc.step = start
+    proc.replay = deque(entries) if entries else None
+    proc.recovered_step = frontier
+    for raw in await store.inbox_pending(agent_id):
+        envelope = _envelope.decode(raw)
+        if envelope.kind == "reply":
+            rt.bus.reply(envelope, persist=False)
+        else:
+            if proc.mailbox is None:
+                proc.mailbox = Mailbox(rt.config.mailbox_capacity)
+            proc.mailbox.restore(envelope)
+    if proc.replay is None and proc.resume_state is None:
+        rt.recovery.done(agent_id)
+    log.debug(
+        "recovering %s: %d entries to replay from step %d, live from step %d",
+        agent_id,
+        len(entries),
+        start,
+        frontier,
+    )
