@@ -52,7 +52,15 @@ class ToolSpec(msgspec.Struct, frozen=True):
 
 
 class ModelRequest(msgspec.Struct, frozen=True):
-    """One completion request, already resolved to a provider's own model name."""
+    """One completion request, already resolved to a provider's own model name.
+
+    The fields after ``tools`` are routing hints for the I/O wrappers (:mod:`avm.llm.io`), not
+    part of what is asked of the model: they never reach the wire and do not change the cache
+    key. ``priority`` orders admission when a model's capacity is short (0 interactive,
+    1 normal, 2 background); ``deferrable`` lets the call wait for the provider's batch API
+    (cheaper, minutes to hours); ``cache`` forces the response cache on or off (None: on for
+    temperature 0).
+    """
 
     model: str
     messages: tuple[Message, ...]
@@ -61,14 +69,23 @@ class ModelRequest(msgspec.Struct, frozen=True):
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     tools: tuple[ToolSpec, ...] = ()
+    priority: int = 1
+    deferrable: bool = False
+    cache: bool | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Tokens a call consumed, as the provider counted them."""
+    """Tokens a call consumed, as the provider counted them.
+
+    ``tokens_in`` counts every prompt token; ``cached_tokens`` is the part of it read from the
+    provider's prompt cache and ``cache_write_tokens`` the part written to it (Anthropic bills
+    both differently from plain input).
+    """
 
     tokens_in: int = 0
     tokens_out: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class ModelReply(msgspec.Struct, frozen=True):

@@ -138,8 +138,8 @@ class SwarmBus:
     def reply(self, envelope: Envelope, *, persist: bool = True) -> None:
         assert envelope.reply_to is not None
         owner = task_owner(envelope.reply_to)
-        logged = persist and owner != HOST and self._log is not None
-        if logged and not self._log.delivered(owner, envelope):  # type: ignore[union-attr]
+        log = self._log if persist and owner != HOST else None
+        if log is not None and not log.delivered(owner, envelope):
             return
         slot = self._slot(envelope.reply_to)
         slot.replies.append(envelope)
