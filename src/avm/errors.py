@@ -11,6 +11,7 @@ agent name the agent, the instruction and its step, so a message alone says wher
     ├── AgentExists                 an agent with that id is already running
     ├── AgentFailed                 an agent's code raised; wraps the cause
     ├── AgentKilled                 an agent was killed before it finished
+    ├── ArchiveError                an export archive is corrupt, truncated or conflicts
     └── InstructionError            one instruction of one agent failed (agent, op, step)
         ├── InvalidArgument         an argument has the wrong type or value
         ├── CapabilityDenied        the agent was not granted that tool, model or prompt
@@ -35,6 +36,7 @@ __all__ = [
     "AgentExists",
     "AgentFailed",
     "AgentKilled",
+    "ArchiveError",
     "AvmError",
     "CapabilityDenied",
     "ConfigError",
@@ -100,6 +102,10 @@ class AgentKilled(AvmError):
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"agent {agent_id!r} was killed before it finished")
         self.agent_id = agent_id
+
+
+class ArchiveError(AvmError):
+    """An agent archive cannot be imported: corrupt, truncated, tampered, or a conflict."""
 
 
 class InstructionError(AvmError):

@@ -36,6 +36,17 @@ async def test_kv_store_and_fetch(vm: avm.VM) -> None:
     assert await run_one(vm, agent) == ({"x": [4]}, None)
 
 
+async def test_kv_stores_any_msgpack_value(vm: avm.VM) -> None:
+    values: list[Any] = [True, False, None, 0, -1.5, "", b"\x00", [1, [2]], {"a": {"b": None}}]
+
+    async def agent(ctx: Context) -> list[Any]:
+        for i, value in enumerate(values):
+            await ctx.kv_store(f"k{i}", value)
+        return [await ctx.kv_fetch(f"k{i}") for i in range(len(values))]
+
+    assert await run_one(vm, agent) == values
+
+
 async def test_kv_rejects_unstorable_values(vm: avm.VM) -> None:
     async def agent(ctx: Context) -> None:
         await ctx.kv_store("a", object())

@@ -108,7 +108,7 @@ class Param:
             return None if self.optional else "is required"
         # bool is an int subclass; a flag is never a meaningful number here.
         if not isinstance(value, self.types) or (
-            isinstance(value, bool) and bool not in self.types
+            isinstance(value, bool) and bool not in self.types and object not in self.types
         ):
             expected = " or ".join(t.__name__ for t in self.types)
             return f"must be {expected}, got {type(value).__name__}"

@@ -142,12 +142,16 @@ class SqliteStateStore:
         if self._in_txn:
             self._commit()
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Commit what is pending and close the database."""
         if self._closed:
             return
         self.flush()
         self._closed = True
         self._db.close()
+
+    async def aclose(self) -> None:
+        self.close()
 
     # -- KV and execution state --------------------------------------------------------------
 
