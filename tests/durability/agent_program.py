@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +17,9 @@ import aiohttp
 import avm
 
 
-def build(state_dir: str, model_url: str, ledger_url: str | None) -> avm.VM:
+def build(
+    state_dir: str, model_url: str, ledger_url: str | None
+) -> tuple[avm.VM, dict[str, aiohttp.ClientSession]]:
     vm = avm.VM(state_dir)
     vm.model("default", "openai:fake-gpt", base_url=model_url)
     session: dict[str, aiohttp.ClientSession] = {}
@@ -61,14 +62,13 @@ def build(state_dir: str, model_url: str, ledger_url: str | None) -> avm.VM:
         await ctx.kv_store("seen", state["seen"])
         return len(state["seen"])
 
-    vm.session = session  # type: ignore[attr-defined]
-    return vm
+    return vm, session
 
 
 async def main() -> None:
     state_dir, model_url, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     ledger_url = sys.argv[6] if len(sys.argv) > 6 else None
-    vm = build(state_dir, model_url, ledger_url)
+    vm, sessions = build(state_dir, model_url, ledger_url)
     async with vm:
         if mode == "start":
             agents, rounds = int(sys.argv[4]), int(sys.argv[5])
@@ -76,9 +76,8 @@ async def main() -> None:
             for n in range(agents):
                 vm.spawn("worker", agent_id=f"w{n:04d}", rounds=rounds)
         await vm.join()
-        for session in vm.session.values():  # type: ignore[attr-defined]
+        for session in sessions.values():
             await session.close()
-    Path(state_dir, "done").write_text("ok")
     print("ALL DONE", flush=True)
 
 
