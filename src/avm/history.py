@@ -23,7 +23,16 @@ from avm._core.journal import GENESIS, EntryFlag, EntryStatus, JournalEntry, cha
 from avm.errors import AvmError, StorageError
 from avm.identity import SignedHead, verify_head
 
-__all__ = ["ChainBreak", "HistoryEntry", "VerifyReport", "agent_entries", "log", "verify"]
+__all__ = [
+    "ChainBreak",
+    "GasTotals",
+    "HistoryEntry",
+    "VerifyReport",
+    "agent_entries",
+    "gas_totals",
+    "log",
+    "verify",
+]
 
 _decoder = msgspec.msgpack.Decoder()
 _COLUMNS = "agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash, flags"
@@ -191,3 +200,25 @@ def log(state_dir: str | Path, agent_id: str) -> list[HistoryEntry]:
         )
         for e in entries
     ]
+
+
+class GasTotals(msgspec.Struct, frozen=True):
+    total: float
+    by_agent: dict[str, float]
+    by_instruction: dict[str, float]
+
+
+def gas_totals(state_dir: str | Path) -> GasTotals:
+    """Gas charged in a state directory, summed from the journal (exact, in gas)."""
+    db = _connect(state_dir)
+    try:
+        by_agent = {
+            str(a): g / 1000
+            for a, g in db.execute("SELECT agent_id, sum(gas) FROM journal GROUP BY agent_id")
+        }
+        by_op = {
+            str(o): g / 1000 for o, g in db.execute("SELECT op, sum(gas) FROM journal GROUP BY op")
+        }
+    finally:
+        db.close()
+    return GasTotals(sum(by_agent.values()), by_agent, by_op)

@@ -7,6 +7,7 @@
     avm run FILE.py [--agents N] [--agent NAME] [--state-dir PATH] [--no-dashboard]
                     [--duration SECONDS]
     avm instructions
+    avm verify [AGENT] | avm log AGENT | avm gas | avm export AGENT -o FILE | avm import FILE
 
 Global options (before the command): ``--log-level LEVEL`` (default ``warning``) and
 ``--debug`` (show tracebacks instead of one-line errors).
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import inspect
 import logging
@@ -63,6 +65,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 import avm
+from avm.cli import history
 from avm.cli.dashboard import Dashboard, RunSummary, Snapshot, render_summary
 from avm.demo.portfolio import FAKE_BACKEND, PortfolioConfig, PortfolioResult, run_portfolio
 
@@ -526,6 +529,25 @@ def instructions() -> None:
     console.print(table)
     console.print("parameters marked ? are optional; gas prices come from avm.GasPrices and each "
                   "model's price_in / price_out", highlight=False)  # fmt: skip
+
+
+# -- history: verify, log, gas, export, import ------------------------------------------------
+
+
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)
+    def run_command(*args: Any, **kwargs: Any) -> None:
+        with _errors_as_messages():
+            command(*args, **kwargs)
+
+    return run_command
+
+
+app.command("verify")(_one_line_errors(history.verify_command))
+app.command("log")(_one_line_errors(history.log_command))
+app.command("gas")(_one_line_errors(history.gas_command))
+app.command("export")(_one_line_errors(history.export_command))
+app.command("import")(_one_line_errors(history.import_command))
 
 
 def main() -> None:
