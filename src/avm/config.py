@@ -97,6 +97,9 @@ class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Runtime limits and policies of one VM."""
 
     state_dir: str = ".avm"
+    # Journal, KV, execution state, inbox and agent records: SQLite in state_dir by default, or
+    # a "postgresql://..." URL. Agents' own SQL databases stay in state_dir either way.
+    store: str | None = None
     durability: Durability = "durable"
     max_running: int = 256
     mailbox_capacity: int = 64

@@ -10,6 +10,8 @@ import pytest
 import avm
 from avm import AgentState, Context
 
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
+
 
 async def test_a_failing_agent_does_not_stop_the_others(vm: avm.VM) -> None:
     @vm.agent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +11,9 @@ from hypothesis import strategies as st
 import avm
 from avm import AgentState, Context, WaitReason
 from avm._core.gas import GasAccount, to_gas, to_mgas
+from avm.testing import wait_until
+
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
 
 
 @given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
@@ -41,14 +43,6 @@ def test_account_never_spends_beyond_budget(
         assert account.available >= 0
 
 
-async def _until(predicate: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
-
-
 async def test_out_of_gas_halts_and_top_up_resumes(vm: avm.VM) -> None:
     # KV_STORE costs 0.01 gas per encoded byte; a 1,000-character string encodes to 1,003 bytes.
     @vm.agent(budget=25)
@@ -58,7 +52,7 @@ async def test_out_of_gas_halts_and_top_up_resumes(vm: avm.VM) -> None:
         return await ctx.kv_fetch("k2") and 3
 
     handle = vm.spawn(writer)
-    await _until(lambda: handle.state is AgentState.OUT_OF_GAS)
+    await wait_until(lambda: handle.state is AgentState.OUT_OF_GAS)
     assert handle.wait_reason is WaitReason.GAS
     assert handle.gas_spent == pytest.approx(20.06)  # two stores done, the third refused
     assert vm.stats().agents["out_of_gas"] == 1
@@ -77,7 +71,7 @@ async def test_reads_are_withheld_until_affordable(vm: avm.VM) -> None:
         return len(await ctx.kv_fetch("big"))  # 25.015 gas: more than the 9.97 left
 
     handle = vm.spawn(reader)
-    await _until(lambda: handle.state is AgentState.OUT_OF_GAS)
+    await wait_until(lambda: handle.state is AgentState.OUT_OF_GAS)
     assert handle.gas_spent == pytest.approx(50.03)
     vm.top_up(handle.id, 20)
     assert await handle.result() == 5000
@@ -97,7 +91,7 @@ async def test_sql_metered_like_fuel(vm: avm.VM) -> None:
         return int(rows[0][0])
 
     handle = vm.spawn(heavy)
-    await _until(lambda: handle.state is AgentState.OUT_OF_GAS)
+    await wait_until(lambda: handle.state is AgentState.OUT_OF_GAS)
     spent_before = handle.gas_spent
     vm.top_up(handle.id, 100)
     assert await handle.result() == 20000  # the aborted insert left nothing half-done

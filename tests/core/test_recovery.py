@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -14,15 +13,7 @@ import pytest
 import avm
 from avm import Context
 from avm._core.journal import EntryFlag
-from avm.testing import FakeOpenAIServer
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+from avm.testing import FakeOpenAIServer, wait_until
 
 
 def journal(state_dir: Path, agent_id: str) -> list[tuple[int, str, int, int]]:
@@ -67,7 +58,7 @@ async def test_restart_resumes_without_repeating_effects(
     async with make_vm() as vm:
         worker = build(vm, fake_server, writes)
         handle = vm.spawn(worker, agent_id="w", rounds=4)
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
     assert fake_server.completion_count == 2
 
     async with make_vm() as vm:
@@ -94,12 +85,12 @@ async def test_recovered_gas_matches_the_journal(
     async with make_vm() as vm:
         worker = build(vm, fake_server, writes)
         handle = vm.spawn(worker, agent_id="w", rounds=3, budget=10_000)
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         spent_before = handle.gas_spent
     async with make_vm() as vm:
         build(vm, fake_server, writes)
         handle = vm.handle("w")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         assert handle.gas_spent == spent_before
         assert handle.gas_budget == 10_000
         handle.kill()
@@ -117,7 +108,7 @@ async def test_divergence_halts_with_a_clear_error(
             await ctx.receive()
 
         handle = vm.spawn(first, agent_id="f")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
     async with make_vm() as vm:
 
@@ -149,7 +140,7 @@ async def test_same_instruction_different_arguments_diverges(
             await ctx.receive()
 
         handle = vm.spawn(first, agent_id="a")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
     async with make_vm() as vm:
 
@@ -176,7 +167,7 @@ async def test_checkpoint_bounds_replay(make_vm: Callable[..., avm.VM], tmp_path
 
     async with make_vm() as vm:
         handle = vm.spawn(vm.agent(name="looper")(looper), agent_id="L")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
     # History before the checkpoint is not needed for recovery: delete it to prove it.
     with sqlite3.connect(tmp_path / "state" / "state.db") as db:
@@ -184,7 +175,7 @@ async def test_checkpoint_bounds_replay(make_vm: Callable[..., avm.VM], tmp_path
     async with make_vm() as vm:
         vm.agent(name="looper")(looper)
         handle = vm.handle("L")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         await handle.post("go on")
         assert await handle.result() == 6
     steps = journal(tmp_path / "state", "L")
@@ -201,7 +192,7 @@ async def test_checkpoint_requires_load_first(make_vm: Callable[..., avm.VM]) ->
             await ctx.receive()
 
         handle = vm.spawn(first, agent_id="c")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
     async with make_vm() as vm:
         vm.agent(name="c")(first)
@@ -229,10 +220,10 @@ async def test_messages_survive_a_restart_exactly_once(make_vm: Callable[..., av
     async with make_vm() as vm:
         collector, speaker = define(vm)
         receiving = vm.spawn(collector, agent_id="col")
-        await until(lambda: receiving.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: receiving.wait_reason is avm.WaitReason.MESSAGE)
         await vm.spawn(speaker, agent_id="spk").result()
         # Stop while the collector has taken "one" and "two" is still in its mailbox.
-        await until(lambda: receiving.wait_reason is avm.WaitReason.TIMER)
+        await wait_until(lambda: receiving.wait_reason is avm.WaitReason.TIMER)
 
     async with make_vm() as vm:
         define(vm)
@@ -251,7 +242,7 @@ async def test_in_flight_sql_write_is_not_applied_twice(
 
     async with make_vm() as vm:
         handle = vm.spawn(vm.agent(name="writer")(writer), agent_id="sw")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
     # A crash after the INSERT committed in the agent's own database but before its journal
     # entry did looks like this: the journal ends before step 1.
     with sqlite3.connect(tmp_path / "state" / "state.db") as db:
@@ -260,7 +251,7 @@ async def test_in_flight_sql_write_is_not_applied_twice(
     async with make_vm() as vm:
         vm.agent(name="writer")(writer)
         handle = vm.handle("sw")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         await handle.post("go")
         assert await handle.result() == 1  # the INSERT was not applied a second time
     flags = {step: f for step, _, _, f in journal(tmp_path / "state", "sw")}
@@ -296,11 +287,11 @@ async def test_time_and_randomness_are_journaled(make_vm: Callable[..., avm.VM])
 
     async with make_vm() as vm:
         handle = vm.spawn(vm.agent(name="sampler")(sampler), agent_id="s")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
     async with make_vm() as vm:
         vm.agent(name="sampler")(sampler)
         handle = vm.handle("s")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         handle.kill()
     assert len(seen) == 2
     assert seen[0] == seen[1]

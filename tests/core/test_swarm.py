@@ -11,7 +11,9 @@ import pytest
 import avm
 from avm import Context, WaitReason
 from avm.swarm.mailbox import Envelope, Mailbox
-from avm.testing import MockClock
+from avm.testing import MockClock, wait_until
+
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
 
 
 async def settle(n: int = 100) -> None:
@@ -37,15 +39,14 @@ async def test_mailbox_backpressures_and_never_drops() -> None:
 
 
 async def test_full_mailbox_blocks_the_sending_agent(make_vm: Callable[..., avm.VM]) -> None:
-    async with make_vm(mailbox_capacity=2) as vm:
+    clock = MockClock()
+    async with make_vm(mailbox_capacity=2, clock=clock) as vm:
 
         @vm.agent
         async def slow_reader(ctx: Context) -> list[Any]:
             await ctx.swarm_connect("feed")
-            got = []
-            for _ in range(6):
-                got.append((await ctx.receive()).data)
-            return got
+            await ctx.wait(60)  # not reading yet: the mailbox fills up
+            return [(await ctx.receive()).data for _ in range(6)]
 
         @vm.agent
         async def producer(ctx: Context) -> int:
@@ -54,14 +55,13 @@ async def test_full_mailbox_blocks_the_sending_agent(make_vm: Callable[..., avm.
             return 6
 
         reader = vm.spawn(slow_reader)
-        await settle()
-        # Pause the reader by keeping its mailbox full: the producer blocks on the third send.
-        reader_proc = vm._processes[reader.id]
-        assert reader_proc.mailbox is not None
+        await wait_until(lambda: reader.wait_reason is WaitReason.TIMER)
         producing = vm.spawn(producer)
-        await settle()
-        assert producing.wait_reason is WaitReason.MESSAGE or producing.state.finished
-        assert await reader.result() == [0, 1, 2, 3, 4, 5]
+        await wait_until(lambda: producing.wait_reason is WaitReason.MESSAGE)
+        await asyncio.sleep(0.05)
+        assert producing.step == 3  # steps 0 and 1 delivered; step 2 waits on the full mailbox
+        clock.advance(60)
+        assert await reader.result() == [0, 1, 2, 3, 4, 5]  # nothing dropped, order kept
         assert await producing.result() == 6
 
 
@@ -78,7 +78,7 @@ async def test_broadcast_reaches_members_but_not_sender(vm: avm.VM) -> None:
         return await ctx.swarm_broadcast("room", {"hello": 1})
 
     members = [vm.spawn(member) for _ in range(3)]
-    await settle()
+    await wait_until(lambda: all(m.wait_reason is WaitReason.MESSAGE for m in members))
     task_id = await vm.spawn(speaker).result()
     assert task_id == "speaker-1:1"
     for handle in members:
@@ -126,9 +126,8 @@ async def test_swarm_wait_k_of_n(vm: avm.VM) -> None:
         replies = await ctx.swarm_wait(task, k=3, timeout_s=5)
         return sorted(r.data for r in replies)
 
-    for vote in ("yes", "no", "yes", "yes", "no"):
-        vm.spawn(voter, vote=vote)
-    await settle()
+    voters = [vm.spawn(voter, vote=vote) for vote in ("yes", "no", "yes", "yes", "no")]
+    await wait_until(lambda: all(v.wait_reason is WaitReason.MESSAGE for v in voters))
     votes = await vm.spawn(chair).result()
     assert len(votes) == 3
     assert set(votes) <= {"yes", "no"}
@@ -151,9 +150,8 @@ async def test_swarm_wait_reports_partial_replies(make_vm: Callable[..., avm.VM]
                 return str(exc)
             return "quorum"
 
-        for _ in range(2):
-            vm.spawn(voter)
-        await settle()
+        voters = [vm.spawn(voter) for _ in range(2)]
+        await wait_until(lambda: all(v.wait_reason is WaitReason.MESSAGE for v in voters))
         assert "2 of 3 replies within 10 s" in await vm.spawn(chair).result()
 
 
@@ -168,8 +166,8 @@ async def test_swarm_fetch_asks_a_peer(vm: avm.VM) -> None:
     async def trader(ctx: Context) -> Any:
         return await ctx.swarm_fetch("price", "q1", query="ETH", timeout_s=5)
 
-    vm.spawn(oracle)
-    await settle()
+    answering = vm.spawn(oracle)
+    await wait_until(lambda: answering.wait_reason is WaitReason.MESSAGE)
     assert await vm.spawn(trader).result() == {"token": "ETH", "usd": 3000}
     assert vm.ledger.by_instruction()["SWARM_FETCH"] == 5.0  # 5 gas per peer asked
 

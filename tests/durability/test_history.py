@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -20,6 +19,7 @@ import avm
 from avm import Context
 from avm.history import log, verify
 from avm.portable import export_agent, import_agent
+from avm.testing import wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 from keeper import MARKER, define
@@ -27,19 +27,11 @@ from keeper import MARKER, define
 KEEPER = Path(__file__).with_name("keeper.py")
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
-
-
 async def run_parked(state: Path) -> None:
     """The keeper did its setup and waits for a message when the VM stops."""
     async with avm.VM(state) as vm:
         handle = vm.spawn(define(vm), agent_id="k")
-        await until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
 
 async def test_verify_passes_then_names_an_edited_entry(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
-from avm.storage.sqlite import SqliteStateStore
+from avm.storage import open_store
 from avm.swarm.bus import HOST, SwarmBus
 from avm.swarm.durable import StoreMessageLog
 from avm.swarm.mailbox import Envelope, Mailbox
@@ -282,7 +282,7 @@ class VM:
             raise VMStateError("the VM is already started")
         state_dir = Path(self.config.state_dir)
         _raise_open_file_limit(3 * self.config.sql_max_open + 256)
-        store = SqliteStateStore(state_dir / "state.db", self.config.durability)
+        store = await open_store(self.config.store, state_dir, self.config.durability)
         timers = TimerService(self.clock)
         self._rt = Runtime(
             config=self.config,
@@ -557,6 +557,10 @@ class VM:
         waiter = proc.top_up_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    async def recovered(self) -> None:
+        """Wait until every agent resumed from the journal has replayed up to where it was."""
+        await self._runtime().recovery.wait()
 
     def kill(self, agent_id: str) -> None:
         proc = self._process(agent_id)

@@ -2,5 +2,6 @@
 
 from avm.testing.clock import MockClock
 from avm.testing.fake_openai import FakeOpenAIServer, FakeReply, FakeToolCall
+from avm.testing.waiting import wait_until
 
-__all__ = ["FakeOpenAIServer", "FakeReply", "FakeToolCall", "MockClock"]
+__all__ = ["FakeOpenAIServer", "FakeReply", "FakeToolCall", "MockClock", "wait_until"]

@@ -1,0 +1,348 @@
+"""The PostgreSQL state store: the same journal, KV, execution state, inbox and agent records as
+the SQLite store, behind a ``postgresql://`` URL, through asyncpg.
+
+Writes are synchronous calls that only queue: each joins the current batch, and one flusher
+commits batches in order, each in one transaction (statements of the same kind that follow each
+other go in one ``executemany``). So, as with SQLite, a KV write and the journal entry of the
+instruction that made it commit together. ``sync()`` waits for the commit covering everything
+queued so far; in ``relaxed`` mode the VM never calls it and the session commits with
+``synchronous_commit = off``.
+
+Reads must see writes still queued or in flight: KV, execution state and chain heads keep an
+overlay of the values written since the last commit that covered them. Message deduplication
+must be answered at once, so the store remembers the message ids delivered in this process and
+loads an agent's earlier ids when the agent is recovered. Reads that only recovery and the
+history tools make (journal entries, gas totals, checkpoints, agent records) first wait for the
+queue to drain.
+
+Agents' own SQL stays in their per-agent SQLite files (see ``agent_sql``): that isolation is by
+construction, and agents' SQL is written in SQLite's dialect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from avm._core.journal import EntryStatus, JournalEntry
+from avm.config import Durability
+from avm.errors import StorageError, VMStateError
+from avm.storage.base import AgentRecord
+
+__all__ = ["PostgresStateStore"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id text PRIMARY KEY, definition text NOT NULL, args bytea NOT NULL,
+    priority int NOT NULL, budget bigint, spent bigint NOT NULL, status text NOT NULL,
+    created double precision NOT NULL, first_step bigint NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status);
+CREATE TABLE IF NOT EXISTS journal (
+    agent_id text NOT NULL, step bigint NOT NULL, op text NOT NULL, args_digest bytea NOT NULL,
+    status smallint NOT NULL, result bytea NOT NULL, gas bigint NOT NULL,
+    wall double precision NOT NULL, prev_hash bytea NOT NULL, hash bytea NOT NULL,
+    flags int NOT NULL DEFAULT 0, PRIMARY KEY (agent_id, step));
+CREATE TABLE IF NOT EXISTS kv (
+    agent_id text NOT NULL, key text NOT NULL, value bytea NOT NULL,
+    PRIMARY KEY (agent_id, key));
+CREATE TABLE IF NOT EXISTS execution_state (agent_id text PRIMARY KEY, state bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq bigserial PRIMARY KEY, agent_id text NOT NULL, message_id text NOT NULL,
+    envelope bytea NOT NULL, consumed boolean NOT NULL DEFAULT false,
+    UNIQUE (agent_id, message_id));
+"""
+
+_KV_PUT = (
+    "INSERT INTO kv(agent_id, key, value) VALUES ($1, $2, $3) "
+    "ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value"
+)
+_KV_DELETE = "DELETE FROM kv WHERE agent_id = $1 AND key = $2"
+_STATE_PUT = (
+    "INSERT INTO execution_state(agent_id, state) VALUES ($1, $2) "
+    "ON CONFLICT (agent_id) DO UPDATE SET state = excluded.state"
+)
+_STATE_DELETE = "DELETE FROM execution_state WHERE agent_id = $1"
+_JOURNAL = (
+    "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
+    "prev_hash, hash, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_INBOX_PUT = (
+    "INSERT INTO inbox(agent_id, message_id, envelope) VALUES ($1, $2, $3) "
+    "ON CONFLICT (agent_id, message_id) DO NOTHING"
+)
+_INBOX_CONSUME = "UPDATE inbox SET consumed = true WHERE agent_id = $1 AND message_id = $2"
+_AGENT_PUT = (
+    "INSERT INTO agents(agent_id, definition, args, priority, budget, spent, status, created, "
+    "first_step) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id) DO UPDATE "
+    "SET definition = excluded.definition, args = excluded.args, priority = excluded.priority, "
+    "budget = excluded.budget, spent = excluded.spent, status = excluded.status, "
+    "created = excluded.created, first_step = excluded.first_step"
+)
+_AGENT_UPDATE = "UPDATE agents SET status = $1, spent = $2, budget = $3 WHERE agent_id = $4"
+_AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+_DELETED = object()  # overlay marker: written as deleted, not yet committed
+
+
+class PostgresStateStore:
+    def __init__(self, pool: asyncpg.Pool, durability: Durability) -> None:
+        self._pool = pool
+        self.durability: Durability = durability
+        self._batch: list[tuple[str, tuple[Any, ...]]] = []
+        self._queued = 0  # batches queued so far (including the open one, once written to)
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._kv: dict[tuple[str, str], tuple[int, object]] = {}
+        self._state: dict[str, tuple[int, object]] = {}
+        self._heads: dict[str, tuple[int, bytes]] = {}
+        self._delivered: set[tuple[str, str]] = set()
+        self._closed = False
+        self.commits = 0
+
+    @classmethod
+    async def connect(cls, url: str, durability: Durability = "durable") -> PostgresStateStore:
+        settings = {"synchronous_commit": "on" if durability == "durable" else "off"}
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=4, server_settings=settings)
+            async with pool.acquire() as conn:
+                # Concurrent VMs starting on one database must not race creating the schema.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(727175)")
+                    await conn.execute(_SCHEMA)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"cannot open the PostgreSQL state store: {exc}") from None
+        return cls(pool, durability)
+
+    # -- batching ----------------------------------------------------------------------------
+
+    def _queue(self, sql: str, args: tuple[Any, ...]) -> None:
+        if self._closed:
+            raise VMStateError("the state store is closed")
+        if not self._batch:
+            self._queued += 1
+        self._batch.append((sql, args))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+
+    async def _flush_all(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let every agent runnable now add to this batch
+            while self._batch:
+                batch, self._batch = self._batch, []
+                number = self._queued
+                try:
+                    await self._commit(batch)
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.error("state database commit failed: %s", exc)
+                    self._fail(StorageError(f"state database commit failed: {exc}"))
+                    continue
+                self._committed = number
+                self.commits += 1
+                self._settle(number)
+        finally:
+            self._flusher = None
+
+    async def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            start = 0
+            while start < len(batch):
+                sql = batch[start][0]
+                end = start + 1
+                while end < len(batch) and batch[end][0] == sql:
+                    end += 1
+                await conn.executemany(sql, [args for _, args in batch[start:end]])
+                start = end
+
+    def _settle(self, number: int) -> None:
+        waiting, self._waiters = self._waiters, []
+        for wanted, waiter in waiting:
+            if wanted > number:
+                self._waiters.append((wanted, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        # Overlay values written in batches now committed are in the database: drop them.
+        self._kv = {k: v for k, v in self._kv.items() if v[0] > number}
+        self._state = {k: v for k, v in self._state.items() if v[0] > number}
+
+    def _fail(self, error: Exception) -> None:
+        waiting, self._waiters = self._waiters, []
+        for _, waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def sync(self) -> None:
+        if self._committed >= self._queued:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, waiter))
+        await waiter
+
+    async def _drain(self) -> None:
+        while self._batch or self._flusher is not None:
+            if self._flusher is not None:
+                await asyncio.shield(self._flusher)
+            elif self._batch:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        await self._drain()
+        self._closed = True
+        await self._pool.close()
+
+    # -- KV and execution state --------------------------------------------------------------
+
+    def kv_put(self, agent_id: str, key: str, value: bytes) -> None:
+        self._queue(_KV_PUT, (agent_id, key, value))
+        self._kv[(agent_id, key)] = (self._queued, value)
+
+    def kv_delete(self, agent_id: str, key: str) -> None:
+        self._queue(_KV_DELETE, (agent_id, key))
+        self._kv[(agent_id, key)] = (self._queued, _DELETED)
+
+    async def kv_get(self, agent_id: str, key: str) -> bytes | None:
+        pending = self._kv.get((agent_id, key))
+        if pending is not None:
+            return None if pending[1] is _DELETED else pending[1]  # type: ignore[return-value]
+        value = await self._pool.fetchval(
+            "SELECT value FROM kv WHERE agent_id = $1 AND key = $2", agent_id, key
+        )
+        return None if value is None else bytes(value)
+
+    def state_put(self, agent_id: str, state: bytes | None) -> None:
+        if state is None:
+            self._queue(_STATE_DELETE, (agent_id,))
+        else:
+            self._queue(_STATE_PUT, (agent_id, state))
+        self._state[agent_id] = (self._queued, _DELETED if state is None else state)
+
+    async def state_get(self, agent_id: str) -> bytes | None:
+        pending = self._state.get(agent_id)
+        if pending is not None:
+            return None if pending[1] is _DELETED else pending[1]  # type: ignore[return-value]
+        value = await self._pool.fetchval(
+            "SELECT state FROM execution_state WHERE agent_id = $1", agent_id
+        )
+        return None if value is None else bytes(value)
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def journal_append(self, entry: JournalEntry) -> None:
+        self._queue(
+            _JOURNAL,
+            (
+                entry.agent_id, entry.step, entry.op, entry.args_digest, int(entry.status),
+                entry.result, entry.gas, entry.wall, entry.prev_hash, entry.hash, entry.flags,
+            ),
+        )  # fmt: skip
+        self._heads[entry.agent_id] = (entry.step, entry.hash)
+
+    async def journal_head(self, agent_id: str) -> tuple[int, bytes] | None:
+        head = self._heads.get(agent_id)
+        if head is not None:
+            return head
+        row = await self._pool.fetchrow(
+            "SELECT step, hash FROM journal WHERE agent_id = $1 ORDER BY step DESC LIMIT 1",
+            agent_id,
+        )
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    async def journal_entries(self, agent_id: str, from_step: int = 0) -> list[JournalEntry]:
+        await self._drain()
+        rows = await self._pool.fetch(
+            "SELECT agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash, "
+            "flags FROM journal WHERE agent_id = $1 AND step >= $2 ORDER BY step",
+            agent_id,
+            from_step,
+        )
+        return [
+            JournalEntry(
+                r[0], r[1], r[2], bytes(r[3]), EntryStatus(r[4]), bytes(r[5]), r[6], r[7],
+                bytes(r[8]), bytes(r[9]), r[10],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    async def journal_gas(self, agent_id: str, from_step: int) -> int:
+        await self._drain()
+        total = await self._pool.fetchval(
+            "SELECT coalesce(sum(gas), 0) FROM journal WHERE agent_id = $1 AND step >= $2",
+            agent_id,
+            from_step,
+        )
+        return int(total)
+
+    async def last_checkpoint(self, agent_id: str, from_step: int) -> int | None:
+        await self._drain()
+        step = await self._pool.fetchval(
+            "SELECT max(step) FROM journal WHERE agent_id = $1 AND step >= $2 AND status = 0 "
+            "AND op IN ('SAVE_EXECUTION_STATE', 'RESET_EXECUTION_STATE')",
+            agent_id,
+            from_step,
+        )
+        return None if step is None else int(step)
+
+    # -- inbox -------------------------------------------------------------------------------
+
+    def inbox_put(self, agent_id: str, message_id: str, envelope: bytes) -> bool:
+        key = (agent_id, message_id)
+        if key in self._delivered:
+            return False
+        self._delivered.add(key)
+        self._queue(_INBOX_PUT, (agent_id, message_id, envelope))
+        return True
+
+    def inbox_consume(self, agent_id: str, message_id: str) -> None:
+        self._queue(_INBOX_CONSUME, (agent_id, message_id))
+
+    async def inbox_pending(self, agent_id: str) -> list[bytes]:
+        await self._drain()
+        rows = await self._pool.fetch(
+            "SELECT message_id, envelope, consumed FROM inbox WHERE agent_id = $1 ORDER BY seq",
+            agent_id,
+        )
+        # A recovered agent's earlier messages must be recognised if a sender sends them again.
+        self._delivered.update((agent_id, str(r[0])) for r in rows)
+        return [bytes(r[1]) for r in rows if not r[2]]
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def agent_put(self, record: AgentRecord) -> None:
+        self._queue(
+            _AGENT_PUT,
+            (
+                record.agent_id, record.definition, record.args, record.priority, record.budget,
+                record.spent, record.status, record.created, record.first_step,
+            ),
+        )  # fmt: skip
+
+    def agent_update(self, agent_id: str, *, status: str, spent: int, budget: int | None) -> None:
+        self._queue(_AGENT_UPDATE, (status, spent, budget, agent_id))
+
+    @staticmethod
+    def _agent(row: Any) -> AgentRecord:
+        return AgentRecord(
+            agent_id=row[0], definition=row[1], args=bytes(row[2]), priority=row[3],
+            budget=row[4], spent=row[5], status=row[6], created=row[7], first_step=row[8],
+        )  # fmt: skip
+
+    async def agent_get(self, agent_id: str) -> AgentRecord | None:
+        await self._drain()
+        row = await self._pool.fetchrow(
+            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = $1", agent_id
+        )
+        return None if row is None else self._agent(row)
+
+    async def agents_unfinished(self) -> list[AgentRecord]:
+        await self._drain()
+        rows = await self._pool.fetch(
+            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE status IN "
+            "('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
+        )
+        return [self._agent(row) for row in rows]
