@@ -6,6 +6,7 @@ agent name the agent, the instruction and its step, so a message alone says wher
 
     AvmError
     ├── ConfigError                 bad VM, model, price or tool configuration
+    │   └── MasterKeyError          no master key, an unsafe key file, or the wrong key
     ├── VMStateError                the VM is not started, or already closed
     ├── UnknownAgent                no agent with that id
     ├── AgentExists                 an agent with that id is already running
@@ -20,6 +21,7 @@ agent name the agent, the instruction and its step, so a message alone says wher
         ├── OutOfGas                the budget cannot cover the instruction
         ├── ReplayDivergence        replayed code issued another instruction than the journal
         ├── ToolError               a tool raised or returned something unusable
+        │   └── SandboxUnavailable  sandboxed tools cannot run here (no bubblewrap/namespaces)
         ├── StorageError            KV or SQL failed
         │   └── SqlDenied           SQL tried to leave the agent's own database
         ├── SwarmError              messaging failed
@@ -42,6 +44,7 @@ __all__ = [
     "ConfigError",
     "InstructionError",
     "InvalidArgument",
+    "MasterKeyError",
     "ModelError",
     "ModelTimeout",
     "NotAvailable",
@@ -50,6 +53,7 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "ReplayDivergence",
+    "SandboxUnavailable",
     "SqlDenied",
     "StorageError",
     "SwarmError",
@@ -66,6 +70,10 @@ class AvmError(Exception):
 
 class ConfigError(AvmError):
     """The VM, a model, a price table or a tool was configured wrongly."""
+
+
+class MasterKeyError(ConfigError):
+    """No master key, a malformed one, an unsafe key file, or a key that does not fit the store."""
 
 
 class VMStateError(AvmError):
@@ -177,6 +185,10 @@ class ReplayDivergence(InstructionError):
 
 class ToolError(InstructionError):
     """A tool raised, or returned a value that cannot be stored."""
+
+
+class SandboxUnavailable(ToolError):
+    """Sandboxed tools cannot run here: bubblewrap, a helper, or namespace support is missing."""
 
 
 class StorageError(InstructionError):

@@ -15,6 +15,7 @@ from avm._core.recovery import RecoveryGate
 from avm._core.scheduler import Scheduler
 from avm._core.timers import TimerService
 from avm.config import GasPrices, VMConfig
+from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
 from avm.storage.agent_sql import AgentDatabases
@@ -42,3 +43,4 @@ class Runtime:
     instructions: RateMeter
     model_requests: RateMeter
     recovery: RecoveryGate
+    keys: KeyManager | None = None  # secrets and their redactor, when the VM has any

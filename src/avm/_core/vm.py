@@ -43,6 +43,7 @@ from avm.errors import (
     UnknownAgent,
     VMStateError,
 )
+from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
 from avm.storage.agent_sql import AgentDatabases
@@ -160,6 +161,7 @@ class VM:
         *,
         config: VMConfig | None = None,
         clock: Clock | None = None,
+        keys: KeyManager | None = None,
         **overrides: Any,
     ) -> None:
         config = config or VMConfig()
@@ -172,6 +174,9 @@ class VM:
                 raise AvmError(f"unknown VM option: {exc}") from None
         self.config = config
         self.clock: Clock = clock or SystemClock()
+        #: Secrets for tools, and the redactor that keeps their values out of results, model
+        #: calls and the journal (see avm.keys); None runs without secrets.
+        self.keys = keys
         self.tools = ToolRegistry()
         self.prompts = PromptLibrary()
         self.models = ModelLinker()
@@ -304,7 +309,10 @@ class VM:
             instructions=RateMeter(),
             model_requests=RateMeter(),
             recovery=RecoveryGate(),
+            keys=self.keys,
         )
+        if self.keys is not None:
+            self.keys.definition_of = self._definition_of
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
         if self.config.recover:
@@ -520,6 +528,10 @@ class VM:
             )
         except AvmError as exc:  # the store may already be closing
             log.debug("could not record final status of %s: %s", proc.id, exc)
+
+    def _definition_of(self, agent_id: str) -> str | None:
+        proc = self._processes.get(agent_id)
+        return None if proc is None else proc.definition.name
 
     def _process(self, agent_id: str) -> AgentProcess:
         proc = self._processes.get(agent_id)

@@ -56,6 +56,8 @@ def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _M
     proc.definition.capabilities.check_model(name)
     config = rt.models.config(name)
     messages: tuple[Message, ...] = to_messages(value)
+    if rt.keys is not None:  # a secret value never reaches a model, whatever the agent passed
+        messages = rt.keys.redact(messages)
     request = ModelRequest(
         model=config.model,
         messages=messages,
@@ -82,6 +84,8 @@ async def _run_model(rt: Runtime, proc: AgentProcess, call: _ModelCall, step: in
     except Exception as exc:  # a third-party provider that did not translate its errors
         raise ModelError(f"model {call.name!r} failed: {type(exc).__name__}: {exc}") from None
     finished = clock.monotonic()
+    if rt.keys is not None:  # nor comes back from one into the journal
+        reply = rt.keys.redact(reply)
     usage = reply.usage
     cost = to_mgas(call.price_in * usage.tokens_in + call.price_out * usage.tokens_out)
     rt.ledger.model_call(

@@ -58,13 +58,26 @@ def _result_size(tool: Tool, value: Any) -> int:
         raise ToolError(f"tool {tool.name!r} returned an unstorable value: {exc}") from None
 
 
-async def _read(rt: Runtime, proc: AgentProcess, call: _Call, step: int) -> Any:
+async def _call(rt: Runtime, call: _Call, invocation: ToolInvocation, write: bool) -> Any:
+    """Call the tool, translating its failures; with a key manager, nothing that leaves the
+    tool (its result or its error) carries a secret value into the journal or the agent."""
     try:
-        value = await call.tool.call_read(call.payload, _invocation(proc, step))
+        if write:
+            value = await call.tool.call_write(call.payload, invocation)
+        else:
+            value = await call.tool.call_read(call.payload, invocation)
     except AvmError:
         raise
     except Exception as exc:
-        raise ToolError(f"tool {call.tool.name!r} failed: {type(exc).__name__}: {exc}") from None
+        message = f"tool {call.tool.name!r} failed: {type(exc).__name__}: {exc}"
+        if rt.keys is not None:
+            message = rt.keys.redactor.redact_text(message)
+        raise ToolError(message) from None
+    return value if rt.keys is None else rt.keys.redact(value)
+
+
+async def _read(rt: Runtime, proc: AgentProcess, call: _Call, step: int) -> Any:
+    value = await _call(rt, call, _invocation(proc, step), write=False)
     return value, to_mgas(rt.prices.read_tool_per_byte * _result_size(call.tool, value))
 
 
@@ -73,12 +86,7 @@ def _reserve_write(rt: Runtime, proc: AgentProcess, call: _Call) -> int:
 
 
 async def _write(rt: Runtime, proc: AgentProcess, call: _Call, step: int) -> Any:
-    try:
-        status = await call.tool.call_write(call.payload, _invocation(proc, step))
-    except AvmError:
-        raise
-    except Exception as exc:
-        raise ToolError(f"tool {call.tool.name!r} failed: {type(exc).__name__}: {exc}") from None
+    status = await _call(rt, call, _invocation(proc, step), write=True)
     _result_size(call.tool, status)
     return status, _reserve_write(rt, proc, call)
 
