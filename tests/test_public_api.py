@@ -19,4 +19,5 @@ def test_every_exported_name_exists() -> None:
 def test_every_error_is_exported() -> None:
     assert set(errors.__all__) <= set(avm.__all__)
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.AvmError)
+        if name != "Problem":  # the record a TemplateError carries, not an error itself
+            assert issubclass(getattr(errors, name), errors.AvmError)

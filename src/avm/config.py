@@ -77,6 +77,26 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int = 256
     timeout_s: float = 60.0
     max_connections: int = 256
+    # Pacing (avm.llm.io.pacing): requests and tokens per minute, calls in flight.
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    burst_s: float = 1.0
+    tpm_refund: bool = False  # refund unused reserved tokens (providers that bill actual use)
+    # Sharing work: the response cache (temperature 0 only) and coalescing of identical calls.
+    cache: bool = True
+    cache_ttl_s: float | None = 3600.0
+    cache_size: int = 10_000
+    coalesce: bool = True
+    # Failure: the model to fail over to, and when the circuit breaker opens and retries.
+    fallback: str | None = None
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    # The deferrable lane: calls marked deferrable go through the provider's batch API.
+    batch: bool = True
+    batch_max_size: int = 1000
+    batch_max_wait_s: float = 60.0
+    batch_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.price_in < 0 or self.price_out < 0:

@@ -13,6 +13,8 @@ agent name the agent, the instruction and its step, so a message alone says wher
     ├── AgentFailed                 an agent's code raised; wraps the cause
     ├── AgentKilled                 an agent was killed before it finished
     ├── ArchiveError                an export archive is corrupt, truncated or conflicts
+    ├── TemplateError               a template or image was rejected (every Problem listed)
+    ├── ProgramError                a template program failed at run time (template, step)
     └── InstructionError            one instruction of one agent failed (agent, op, step)
         ├── InvalidArgument         an argument has the wrong type or value
         ├── CapabilityDenied        the agent was not granted that tool, model or prompt
@@ -34,6 +36,10 @@ agent name the agent, the instruction and its step, so a message alone says wher
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import msgspec
+
 __all__ = [
     "AgentExists",
     "AgentFailed",
@@ -50,6 +56,8 @@ __all__ = [
     "NotAvailable",
     "NotFound",
     "OutOfGas",
+    "Problem",
+    "ProgramError",
     "ProviderUnavailable",
     "RateLimited",
     "ReplayDivergence",
@@ -58,6 +66,7 @@ __all__ = [
     "StorageError",
     "SwarmError",
     "SwarmTimeout",
+    "TemplateError",
     "ToolError",
     "UnknownAgent",
     "VMStateError",
@@ -114,6 +123,55 @@ class AgentKilled(AvmError):
 
 class ArchiveError(AvmError):
     """An agent archive cannot be imported: corrupt, truncated, tampered, or a conflict."""
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing wrong with a template.
+
+    ``line`` and ``column`` are 1-based. ``path`` is the field path inside the template, e.g.
+    ``program[2].kv_store.key`` (empty for the document as a whole).
+    """
+
+    file: str
+    line: int
+    column: int
+    path: str
+    expected: str
+    found: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        field = f" {self.path}:" if self.path else ""
+        text = f"{where}:{field} expected {self.expected}, found {self.found}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class TemplateError(AvmError):
+    """A template or image was rejected; ``problems`` lists everything wrong with it."""
+
+    def __init__(self, file: str, problems: Iterable[Problem]) -> None:
+        self.file = file
+        self.problems: tuple[Problem, ...] = tuple(
+            sorted(problems, key=lambda p: (p.line, p.column, p.path, p.expected, p.found))
+        )
+        count = len(self.problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{file}: {count} {noun}\n{lines}")
+
+
+class ProgramError(AvmError):
+    """A template program failed at run time on data the assembler could not see.
+
+    ``step`` is the path of the failing step's field, e.g. ``program[3].for_each``.
+    """
+
+    def __init__(self, template: str, step: str, message: str) -> None:
+        super().__init__(f"template {template!r}, {step}: {message}")
+        self.template = template
+        self.step = step
+        self.message = message
 
 
 class InstructionError(AvmError):

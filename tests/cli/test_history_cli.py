@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import avm
+from avm.testing import wait_until
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "durability"))
 from keeper import define
@@ -23,10 +24,7 @@ def avm_cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def park(state: Path) -> None:
     async with avm.VM(state) as vm:
         handle = vm.spawn(define(vm), agent_id="k")
-        for _ in range(500):
-            if handle.wait_reason is avm.WaitReason.MESSAGE:
-                return
-            await asyncio.sleep(0)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
 
 async def test_history_commands(tmp_path: Path) -> None:

@@ -101,11 +101,19 @@ class Context:
         max_tokens: int | None = None,
         temperature: float | None = None,
         tools: Sequence[str | ToolSpec] | None = None,
+        deferrable: bool = False,
+        cache: bool | None = None,
     ) -> ModelReply:
-        """RUN_MODEL: run ``model`` on a string or a list of prompts/messages."""
+        """RUN_MODEL: run ``model`` on a string or a list of prompts/messages.
+
+        ``deferrable`` lets the VM send the call through the provider's batch API (cheaper,
+        slower); ``cache`` overrides the model's response-cache policy for this call.
+        """
         arg = input if isinstance(input, str) else list(input)
         tool_arg = None if tools is None else list(tools)
-        reply = await self._x(Op.RUN_MODEL, model, arg, max_tokens, temperature, tool_arg)
+        reply = await self._x(
+            Op.RUN_MODEL, model, arg, max_tokens, temperature, tool_arg, deferrable or None, cache
+        )
         return cast(ModelReply, reply)
 
     async def map_model_call(self, model: str, dataset: Sequence[Any]) -> list[Any]:

@@ -6,8 +6,11 @@
              [--no-dashboard] [--durability durable|relaxed]
     avm run FILE.py [--agents N] [--agent NAME] [--state-dir PATH] [--no-dashboard]
                     [--duration SECONDS]
+    avm run TEMPLATE.yaml|IMAGE.avmi [--vm HOST.py] [--agents N] ...   (see avm.cli.templates)
+    avm build TEMPLATE [-o DIR] [--check] | avm schema
     avm instructions
     avm verify [AGENT] | avm log AGENT | avm gas | avm export AGENT -o FILE | avm import FILE
+    avm secrets keygen|set|list|rm|grant ...
 
 Global options (before the command): ``--log-level LEVEL`` (default ``warning``) and
 ``--debug`` (show tracebacks instead of one-line errors).
@@ -65,7 +68,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 import avm
-from avm.cli import history
+from avm.cli import history, secrets, templates
 from avm.cli.dashboard import Dashboard, RunSummary, Snapshot, render_summary
 from avm.demo.portfolio import FAKE_BACKEND, PortfolioConfig, PortfolioResult, run_portfolio
 
@@ -358,7 +361,13 @@ class RunOutcome:
 
 @app.command()
 def run(
-    file: Annotated[str, typer.Argument(help="Python file defining vm = avm.VM() and agents.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="Python file defining vm = avm.VM() and agents, or a template "
+            "(.yaml, .yml, .json) or image (.avmi)."
+        ),
+    ],
     agents: Annotated[int, typer.Option(min=1, help="Instances to spawn (without main).")] = 1,
     agent: Annotated[
         str | None, typer.Option(help="Agent definition to spawn (default: the only one).")
@@ -371,6 +380,10 @@ def run(
     ] = False,
     duration: Annotated[
         float | None, typer.Option(min=0.0, help="Stop after this many seconds.")
+    ] = None,
+    vm_file: Annotated[
+        Path | None,
+        typer.Option("--vm", help="For a template: a file defining the vm (its tools, models)."),
     ] = None,
 ) -> None:
     """Run the agents defined in FILE.
@@ -385,11 +398,19 @@ def run(
     """
     console = Console()
     with _errors_as_messages():
-        program = load_agents_file(Path(file))
+        template = None
+        if templates.is_template_path(Path(file)):
+            host = load_agents_file(vm_file) if vm_file is not None else None
+            program = AgentsFile(Path(file), host.vm if host else avm.VM(), None)
+            template = templates.template_definition(program.path, program.vm)
+        elif vm_file is not None:
+            raise CliError("--vm is for templates; an agents file defines its own vm")
+        else:
+            program = load_agents_file(Path(file))
         vm = program.vm
         if state_dir is not None:
             vm.config = msgspec.structs.replace(vm.config, state_dir=str(state_dir))
-        definition = None if program.main else pick_definition(vm, agent, program.path)
+        definition = None if program.main else template or pick_definition(vm, agent, program.path)
         if program.main is not None and (agent is not None or agents != 1):
             print(f"avm: note: {file} defines main(vm), so --agent/--agents are not used",
                   file=sys.stderr)  # fmt: skip
@@ -548,6 +569,12 @@ app.command("log")(_one_line_errors(history.log_command))
 app.command("gas")(_one_line_errors(history.gas_command))
 app.command("export")(_one_line_errors(history.export_command))
 app.command("import")(_one_line_errors(history.import_command))
+for _command in secrets.secrets_app.registered_commands:
+    assert _command.callback is not None
+    _command.callback = _one_line_errors(_command.callback)
+app.add_typer(secrets.secrets_app, name="secrets")
+app.command("build")(_one_line_errors(templates.build_command))
+app.command("schema")(_one_line_errors(templates.schema_command))
 
 
 def main() -> None:

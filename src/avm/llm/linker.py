@@ -2,7 +2,9 @@
 
 Agents say ``"default"`` or ``"analyst"``; the linker maps the name to a :class:`ModelConfig`
 (which provider, which of its models, prices per token, limits) and, on first use, to a provider
-instance. Models on the same endpoint share one provider, and so one connection pool.
+instance. Models on the same endpoint share one provider, and so one connection pool. What
+``RUN_MODEL`` calls is that provider wrapped by the I/O manager (:mod:`avm.llm.io`): pacing,
+caching, coalescing, failover and the deferrable batch lane, as the model's config asks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 
 from avm.config import ModelConfig
 from avm.errors import ConfigError, NotFound
+from avm.llm.io import IOManager
 from avm.llm.provider import ModelProvider
+from avm.llm.providers.anthropic import anthropic_factory
 
 __all__ = ["LinkedModel", "ModelLinker"]
 
@@ -52,7 +56,12 @@ class ModelLinker:
         self._configs: dict[str, ModelConfig] = {}
         self._linked: dict[str, LinkedModel] = {}
         self._providers: dict[tuple[str, str | None, str | None], ModelProvider] = {}
-        self._factories: dict[str, ProviderFactory] = {"openai": _openai_factory}
+        self._factories: dict[str, ProviderFactory] = {
+            "openai": _openai_factory,
+            "anthropic": anthropic_factory,
+        }
+        self._raw: dict[str, ModelProvider] = {}  # given instances, by model name
+        self._io = IOManager(config_of=self.config, provider_of=self._raw_provider)
 
     def add(
         self, name: str, config: ModelConfig | str, *, provider: ModelProvider | None = None
@@ -63,8 +72,10 @@ class ModelLinker:
             config = ModelConfig.parse(config)
         self._configs[name] = config
         self._linked.pop(name, None)
+        self._raw.pop(name, None)
+        self._io.forget(name)
         if provider is not None:
-            self._linked[name] = LinkedModel(name, config, provider)
+            self._raw[name] = provider
 
     def add_factory(self, provider_name: str, factory: ProviderFactory) -> None:
         self._factories[provider_name] = factory
@@ -84,8 +95,17 @@ class ModelLinker:
 
     def resolve(self, name: str) -> LinkedModel:
         linked = self._linked.get(name)
-        if linked is not None:
-            return linked
+        if linked is None:
+            linked = self._linked[name] = LinkedModel(
+                name, self.config(name), self._io.provider(name)
+            )
+        return linked
+
+    def _raw_provider(self, name: str) -> ModelProvider:
+        """The unwrapped provider of a model: given, or built once per endpoint."""
+        given = self._raw.get(name)
+        if given is not None:
+            return given
         config = self.config(name)
         key = (config.provider, config.base_url, config.api_key_env)
         provider = self._providers.get(key)
@@ -97,14 +117,15 @@ class ModelLinker:
                     f"(known: {', '.join(sorted(self._factories))})"
                 )
             provider = self._providers[key] = factory(config)
-        linked = self._linked[name] = LinkedModel(name, config, provider)
-        return linked
+        return provider
 
     async def aclose(self) -> None:
+        await self._io.aclose()
         seen: set[int] = set()
-        for provider in [*self._providers.values(), *(m.provider for m in self._linked.values())]:
+        for provider in [*self._providers.values(), *self._raw.values()]:
             if id(provider) not in seen:
                 seen.add(id(provider))
                 await provider.aclose()
         self._providers.clear()
+        self._raw.clear()
         self._linked.clear()

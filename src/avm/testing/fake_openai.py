@@ -22,6 +22,12 @@ As a separate process (benchmarks), serving until killed; it prints its base URL
 Reply selection, in order: a queued failure (:meth:`FakeOpenAIServer.fail_next`), the random error
 rate, the next scripted reply (:meth:`FakeOpenAIServer.script`), the ``responder`` callable, and
 finally echo mode (``"echo: "`` plus the start of the last user message).
+
+It also serves the Files and Batch APIs (``POST /v1/files``, ``GET /v1/files/{id}[/content]``,
+``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``), enough for a
+batch client to run end to end: a batch is answered line by line with the same reply selection
+as live calls, ``batch_latency_s`` after it was created (see :attr:`FakeOpenAIServer.batch_outcome`
+to make one fail or expire instead).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 CHAT_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
+FILES_PATH: Final = "/v1/files"
+BATCHES_PATH: Final = "/v1/batches"
 
 # Echo replies quote at most this many characters of the last user message.
 _ECHO_CHARS: Final = 200
@@ -66,6 +74,8 @@ _MESSAGE_OVERHEAD_TOKENS: Final = 4
 _REPLY_PRIMING_TOKENS: Final = 3
 # OpenAI caches prompt prefixes in 128-token blocks once a prompt reaches 1024 tokens.
 _CACHE_BLOCK_TOKENS: Final = 128
+# Largest request body accepted (OpenAI takes batch input files up to 200 MB).
+_MAX_BODY_BYTES: Final = 256 * 1024 * 1024
 
 
 def count_tokens(text: str) -> int:
@@ -228,6 +238,67 @@ class _UsageChunk(_Chunk):
     usage: _Usage | None = None
 
 
+class _FileObject(msgspec.Struct):
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    object: str = "file"
+    status: str = "processed"
+
+
+class _RequestCounts(msgspec.Struct):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class _BatchError(msgspec.Struct):
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+class _BatchErrors(msgspec.Struct):
+    data: list[_BatchError]
+    object: str = "list"
+
+
+class _BatchObject(msgspec.Struct):
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    created_at: int
+    request_counts: _RequestCounts
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: _BatchErrors | None = None
+    in_progress_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelled_at: int | None = None
+    metadata: dict[str, str] | None = None
+    object: str = "batch"
+
+
+class _BatchResponse(msgspec.Struct):
+    status_code: int
+    request_id: str
+    body: msgspec.Raw
+
+
+class _BatchOutputLine(msgspec.Struct):
+    id: str
+    custom_id: str | None
+    response: _BatchResponse | None
+    error: dict[str, Any] | None = None
+
+
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder()
 
@@ -259,6 +330,38 @@ def _text_of(content: object) -> str:
     return ""
 
 
+@dataclass(slots=True)
+class _Answer:
+    """A completion being answered, in the pieces both the JSON and the SSE forms need."""
+
+    id: str
+    created: int
+    model: str
+    text: str
+    calls: list[_ToolCall]
+    finish_reason: str
+    usage: _Usage
+
+    def completion(self) -> _Completion:
+        return _Completion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                _Choice(
+                    index=0,
+                    message=_Message(
+                        role="assistant",
+                        content=self.text if (self.text or not self.calls) else None,
+                        tool_calls=self.calls or None,
+                    ),
+                    finish_reason=self.finish_reason,
+                )
+            ],
+            usage=self.usage,
+        )
+
+
 class FakeOpenAIServer:
     """An OpenAI-compatible chat-completions server on loopback.
 
@@ -286,6 +389,7 @@ class FakeOpenAIServer:
         stream_chunk_chars: characters of text per streamed SSE chunk.
         record_limit: how many request bodies :attr:`requests` keeps (the most recent); None
             keeps all. Counters are never capped.
+        batch_latency_s: seconds from creating a batch until it is answered.
     """
 
     def __init__(
@@ -306,6 +410,7 @@ class FakeOpenAIServer:
         cache_min_tokens: int = 1024,
         stream_chunk_chars: int = 16,
         record_limit: int | None = 1000,
+        batch_latency_s: float = 0.0,
     ) -> None:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be within [0, 1], got {error_rate}")
@@ -323,8 +428,21 @@ class FakeOpenAIServer:
         self.cache_min_tokens = cache_min_tokens
         self.stream_chunk_chars = stream_chunk_chars
 
+        self.batch_latency_s = batch_latency_s
+        self.batch_outcome = "completed"
+        """How the next batches end: ``completed`` (answered line by line), ``failed`` (refused
+        in validation, no output) or ``expired`` (nothing answered)."""
+
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=record_limit)
         """Decoded chat-completion request bodies, oldest first (capped by ``record_limit``)."""
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=record_limit)
+        """``time.monotonic()`` of each chat completion's arrival, matching :attr:`requests`."""
+        self.batch_requests: list[dict[str, Any]] = []
+        """Request bodies answered through batches, in the order they were answered."""
+        self.files: dict[str, tuple[_FileObject, bytes]] = {}
+        """Uploaded and generated files by id: their metadata and content."""
+        self.batches: dict[str, _BatchObject] = {}
+        """Batches by id, as ``GET /v1/batches/{id}`` shows them."""
         self.request_count = 0
         """Every HTTP request received, on any path, including failed ones."""
         self.path_counts: collections.Counter[str] = collections.Counter()
@@ -338,6 +456,7 @@ class FakeOpenAIServer:
         self._ids = itertools.count(1)
         self._seen_prefixes: set[int] = set()
         self._runner: web.AppRunner | None = None
+        self._batch_timers: list[asyncio.TimerHandle] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -345,9 +464,16 @@ class FakeOpenAIServer:
         """Bind and start serving; idempotent."""
         if self._runner is not None:
             return
-        app = web.Application()
+        # Batch input files run to many megabytes; aiohttp's default cap is 1 MiB.
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
         app.router.add_post(CHAT_PATH, self._chat)
         app.router.add_get(MODELS_PATH, self._models)
+        app.router.add_post(FILES_PATH, self._upload)
+        app.router.add_get(FILES_PATH + "/{file_id}", self._file)
+        app.router.add_get(FILES_PATH + "/{file_id}/content", self._file_content)
+        app.router.add_post(BATCHES_PATH, self._create_batch)
+        app.router.add_get(BATCHES_PATH + "/{batch_id}", self._get_batch)
+        app.router.add_post(BATCHES_PATH + "/{batch_id}/cancel", self._cancel_batch)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # No access log: at thousands of requests/s it would cost more than the handler itself.
         # handler_cancellation: a client that gives up (a timeout test) frees its handler, so
@@ -372,6 +498,9 @@ class FakeOpenAIServer:
 
     async def close(self) -> None:
         """Stop serving and release the port; idempotent."""
+        for timer in self._batch_timers:
+            timer.cancel()
+        self._batch_timers.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -451,6 +580,8 @@ class FakeOpenAIServer:
     def reset(self) -> None:
         """Forget recorded requests, counters, queued failures, scripted replies and the cache."""
         self.requests.clear()
+        self.arrivals.clear()
+        self.batch_requests.clear()
         self.request_count = 0
         self.path_counts.clear()
         self._failures.clear()
@@ -504,30 +635,42 @@ class FakeOpenAIServer:
             content_type="application/json",
         )
 
-    def _injected_failure(self) -> web.Response | None:
+    def _next_failure(self) -> tuple[int, bytes, float | None] | None:
+        """The status, body and Retry-After of the next injected failure, if one is due."""
         if self._failures:
             failure = self._failures[0]
             failure.remaining -= 1
             if failure.remaining <= 0:
                 self._failures.popleft()
             if failure.body is not None:
-                headers = None
-                if failure.retry_after_s is not None:
-                    headers = {"Retry-After": f"{failure.retry_after_s:g}"}
-                return web.Response(
-                    status=failure.status,
-                    body=failure.body,
-                    content_type="application/json",
-                    headers=headers,
-                )
+                return failure.status, failure.body, failure.retry_after_s
             message = failure.message or f"Injected failure (HTTP {failure.status})"
-            return self._error(failure.status, message, failure.retry_after_s)
+            return failure.status, _error_body(failure.status, message), failure.retry_after_s
         if self.error_rate and self._rng.random() < self.error_rate:
-            return self._error(
-                self.error_status,
-                f"Injected random failure (HTTP {self.error_status})",
-                self.error_retry_after_s,
-            )
+            status = self.error_status
+            message = f"Injected random failure (HTTP {status})"
+            return status, _error_body(status, message), self.error_retry_after_s
+        return None
+
+    def _injected_failure(self) -> web.Response | None:
+        failure = self._next_failure()
+        if failure is None:
+            return None
+        status, body, retry_after_s = failure
+        headers = None
+        if retry_after_s is not None:
+            headers = {"Retry-After": f"{retry_after_s:g}"}
+        return web.Response(
+            status=status, body=body, content_type="application/json", headers=headers
+        )
+
+    @staticmethod
+    def _invalid_chat_body(body: object) -> str | None:
+        if not isinstance(body, dict):
+            return "The request body must be a JSON object."
+        messages = body.get("messages")
+        if not isinstance(body.get("model"), str) or not isinstance(messages, list) or not messages:
+            return "'model' (string) and 'messages' (non-empty list) are required."
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -540,14 +683,11 @@ class FakeOpenAIServer:
             body = _DECODER.decode(raw)
         except msgspec.DecodeError as exc:
             return self._error(400, f"We could not parse the JSON body of your request: {exc}")
-        if not isinstance(body, dict):
-            return self._error(400, "The request body must be a JSON object.")
-        messages = body.get("messages")
-        if not isinstance(body.get("model"), str) or not isinstance(messages, list) or not messages:
-            return self._error(
-                400, "'model' (string) and 'messages' (non-empty list) are required."
-            )
+        invalid = self._invalid_chat_body(body)
+        if invalid is not None:
+            return self._error(400, invalid)
         self.requests.append(body)
+        self.arrivals.append(time.monotonic())
 
         failure = self._injected_failure()
         if failure is not None:
@@ -556,8 +696,28 @@ class FakeOpenAIServer:
         reply = self._next_reply(body)
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
+        answer = self._answer(body, reply)
 
-        prompt_tokens, cached_tokens = self._prompt_tokens(messages, body.get("tools"))
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return await self._stream(
+                request,
+                completion_id=answer.id,
+                created=answer.created,
+                model=answer.model,
+                text=answer.text,
+                calls=answer.calls,
+                finish_reason=answer.finish_reason,
+                usage=answer.usage if include_usage else None,
+            )
+        return web.Response(
+            body=_ENCODER.encode(answer.completion()), content_type="application/json"
+        )
+
+    def _answer(self, body: dict[str, Any], reply: FakeReply) -> _Answer:
+        """The completion for a validated request body and the reply chosen for it."""
+        prompt_tokens, cached_tokens = self._prompt_tokens(body["messages"], body.get("tools"))
         text, finish_reason = self._limit(reply, body)
         completion_tokens = count_tokens(text)
         calls = [
@@ -578,42 +738,206 @@ class FakeOpenAIServer:
             prompt_tokens_details=_PromptDetails(cached_tokens=cached_tokens),
             completion_tokens_details=_CompletionDetails(),
         )
-        completion_id = f"chatcmpl-{next(self._ids):012x}"
-        created = int(time.time())
-        model = body["model"]
-
-        if body.get("stream") is True:
-            options = body.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return await self._stream(
-                request,
-                completion_id=completion_id,
-                created=created,
-                model=model,
-                text=text,
-                calls=calls,
-                finish_reason=finish_reason,
-                usage=usage if include_usage else None,
-            )
-
-        completion = _Completion(
-            id=completion_id,
-            created=created,
-            model=model,
-            choices=[
-                _Choice(
-                    index=0,
-                    message=_Message(
-                        role="assistant",
-                        content=text if (text or not calls) else None,
-                        tool_calls=calls or None,
-                    ),
-                    finish_reason=finish_reason,
-                )
-            ],
+        return _Answer(
+            id=f"chatcmpl-{next(self._ids):012x}",
+            created=int(time.time()),
+            model=body["model"],
+            text=text,
+            calls=calls,
+            finish_reason=finish_reason,
             usage=usage,
         )
-        return web.Response(body=_ENCODER.encode(completion), content_type="application/json")
+
+    # --- files and batches -------------------------------------------------------------------
+
+    def _new_file(self, purpose: str, filename: str, content: bytes) -> _FileObject:
+        file = _FileObject(
+            id=f"file-{next(self._ids):012x}",
+            bytes=len(content),
+            created_at=int(time.time()),
+            filename=filename,
+            purpose=purpose,
+        )
+        self.files[file.id] = (file, content)
+        return file
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self._count(request)
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            form = await request.post()
+        except ValueError as exc:
+            return self._error(400, f"Expected a multipart/form-data body: {exc}")
+        purpose = form.get("purpose")
+        upload = form.get("file")
+        if not isinstance(purpose, str) or not isinstance(upload, web.FileField):
+            return self._error(400, "'purpose' (string) and 'file' (a file) are required.")
+        content = upload.file.read()
+        file = self._new_file(purpose, upload.filename, content)
+        return web.Response(body=_ENCODER.encode(file), content_type="application/json")
+
+    def _find_file(self, request: web.Request) -> tuple[_FileObject, bytes] | web.Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        found = self.files.get(request.match_info["file_id"])
+        if found is None:
+            return self._error(404, f"No such File object: {request.match_info['file_id']}")
+        return found
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self._count(request)
+        found = self._find_file(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.Response(body=_ENCODER.encode(found[0]), content_type="application/json")
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        self._count(request)
+        found = self._find_file(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.Response(body=found[1], content_type="application/octet-stream")
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        self._count(request)
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            body = _DECODER.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return self._error(400, f"We could not parse the JSON body of your request: {exc}")
+        if not isinstance(body, dict):
+            return self._error(400, "The request body must be a JSON object.")
+        input_file_id = body.get("input_file_id")
+        if input_file_id not in self.files:
+            return self._error(400, f"Invalid 'input_file_id': {input_file_id!r}")
+        if body.get("endpoint") != CHAT_PATH:
+            return self._error(400, f"Invalid 'endpoint': only {CHAT_PATH} is served here")
+        if body.get("completion_window") != "24h":
+            return self._error(400, "Invalid 'completion_window': must be '24h'")
+        metadata = body.get("metadata")
+        batch = _BatchObject(
+            id=f"batch_{next(self._ids):012x}",
+            endpoint=CHAT_PATH,
+            input_file_id=str(input_file_id),
+            completion_window="24h",
+            status="validating",
+            created_at=int(time.time()),
+            request_counts=_RequestCounts(),
+            metadata=metadata if isinstance(metadata, dict) else None,
+        )
+        self.batches[batch.id] = batch
+        loop = asyncio.get_running_loop()
+        outcome = self.batch_outcome
+        self._batch_timers.append(
+            loop.call_later(self.batch_latency_s, self._finish_batch, batch.id, outcome)
+        )
+        return web.Response(body=_ENCODER.encode(batch), content_type="application/json")
+
+    def _find_batch(self, request: web.Request) -> _BatchObject | web.Response:
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return self._error(404, f"No such Batch object: {request.match_info['batch_id']}")
+        return batch
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        self._count(request)
+        found = self._find_batch(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.Response(body=_ENCODER.encode(found), content_type="application/json")
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        self._count(request)
+        found = self._find_batch(request)
+        if isinstance(found, web.Response):
+            return found
+        if found.status in ("validating", "in_progress"):
+            found.status = "cancelled"
+            found.cancelled_at = int(time.time())
+        return web.Response(body=_ENCODER.encode(found), content_type="application/json")
+
+    def _finish_batch(self, batch_id: str, outcome: str) -> None:
+        """Answer every line of a batch's input file (or fail or expire it)."""
+        batch = self.batches[batch_id]
+        if batch.status == "cancelled":
+            return
+        now = int(time.time())
+        _, content = self.files[batch.input_file_id]
+        lines = [line for line in content.splitlines() if line.strip()]
+        batch.request_counts = _RequestCounts(total=len(lines))
+        if outcome == "failed":
+            batch.status = "failed"
+            batch.failed_at = now
+            batch.errors = _BatchErrors(
+                data=[_BatchError(code="invalid_request", message="Injected batch failure")]
+            )
+            return
+        if outcome == "expired":
+            batch.status = "expired"
+            batch.expired_at = now
+            return
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        for number, line in enumerate(lines, 1):
+            encoded, ok = self._batch_line(line, number)
+            (outputs if ok else errors).append(encoded)
+        if outputs:
+            file = self._new_file("batch_output", f"{batch_id}_output.jsonl", b"\n".join(outputs))
+            batch.output_file_id = file.id
+        if errors:
+            file = self._new_file("batch_output", f"{batch_id}_error.jsonl", b"\n".join(errors))
+            batch.error_file_id = file.id
+        batch.request_counts = _RequestCounts(
+            total=len(lines), completed=len(outputs), failed=len(errors)
+        )
+        batch.status = "completed"
+        batch.in_progress_at = batch.completed_at = now
+
+    def _batch_line(self, line: bytes, number: int) -> tuple[bytes, bool]:
+        """One output line for one input line, and whether it succeeded."""
+        request_id = f"req_{next(self._ids):012x}"
+        custom_id: str | None = None
+        try:
+            item = _DECODER.decode(line)
+            custom_id = item.get("custom_id") if isinstance(item, dict) else None
+            body = item.get("body") if isinstance(item, dict) else None
+        except msgspec.DecodeError:
+            body = None
+        invalid = self._invalid_chat_body(body)
+        if invalid is not None or not isinstance(body, dict):
+            error = {"code": "invalid_request", "message": f"line {number}: {invalid}"}
+            out = _BatchOutputLine(
+                id=f"batch_req_{next(self._ids):012x}",
+                custom_id=custom_id,
+                response=None,
+                error=error,
+            )
+            return _ENCODER.encode(out), False
+        self.batch_requests.append(body)
+        failure = self._next_failure()
+        if failure is not None:
+            status, error_body, _ = failure
+            response = _BatchResponse(status, request_id, msgspec.Raw(error_body))
+            out = _BatchOutputLine(
+                id=f"batch_req_{next(self._ids):012x}", custom_id=custom_id, response=response
+            )
+            return _ENCODER.encode(out), False
+        answer = self._answer(body, self._next_reply(body))
+        response = _BatchResponse(
+            200, request_id, msgspec.Raw(_ENCODER.encode(answer.completion()))
+        )
+        out = _BatchOutputLine(
+            id=f"batch_req_{next(self._ids):012x}", custom_id=custom_id, response=response
+        )
+        return _ENCODER.encode(out), True
 
     async def _stream(
         self,
@@ -765,6 +1089,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=None, help="require this Bearer key")
     parser.add_argument("--prompt-cache", action="store_true", help="simulate prefix caching")
     parser.add_argument("--record-limit", type=int, default=0, help="request bodies to keep")
+    parser.add_argument("--batch-latency", type=float, default=0.0, help="seconds per batch")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -781,6 +1106,7 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         prompt_cache=args.prompt_cache,
         record_limit=args.record_limit,
+        batch_latency_s=args.batch_latency,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -52,7 +52,7 @@ def _tool_specs(rt: Runtime, proc: AgentProcess, tools: Any) -> tuple[ToolSpec, 
 
 
 def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _ModelCall:
-    name, value, max_tokens, temperature, tools = args
+    name, value, max_tokens, temperature, tools, deferrable, cache = args
     proc.definition.capabilities.check_model(name)
     config = rt.models.config(name)
     messages: tuple[Message, ...] = to_messages(value)
@@ -64,6 +64,9 @@ def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _M
         max_tokens=max_tokens or config.max_tokens,
         temperature=0.0 if temperature is None else float(temperature),
         tools=_tool_specs(rt, proc, tools),
+        priority=int(proc.priority),
+        deferrable=bool(deferrable),
+        cache=cache,
     )
     bound_in = sum(upper_bound_tokens(m.content) + 4 for m in messages)
     return _ModelCall(name, request, config.price_in, config.price_out, bound_in)

@@ -1,8 +1,10 @@
-"""A model provider for any OpenAI-compatible chat-completions endpoint, over aiohttp.
+"""A model provider for any OpenAI-compatible chat-completions endpoint.
 
-This module owns :class:`OpenAICompatProvider` (one pooled HTTP client per provider, request
-encoding, reply decoding, retries with backoff) and :class:`ModelStream` (incremental text of a
-streamed reply). It is the boundary where HTTP failures become :mod:`avm.errors`:
+This module owns :class:`OpenAICompatProvider` (request encoding, reply decoding, streaming, and
+the OpenAI Batch API) and :class:`ModelStream` (incremental text of a streamed reply). HTTP,
+retries with backoff honouring ``Retry-After``, and the translation of failures into
+:mod:`avm.errors` are :class:`avm.llm.io.transport.ModelTransport`'s, shared with the other HTTP
+providers:
 
 ==============================================  ==============================================
 what happened                                   what the caller gets
@@ -13,40 +15,41 @@ no answer within ``timeout_s``                  :class:`~avm.errors.ModelTimeout
 any other 4xx, malformed or unexpected reply    :class:`~avm.errors.ModelError`
 ==============================================  ==============================================
 
-Nothing from aiohttp or msgspec escapes, and the API key never appears in an error message: the
-server's own words are quoted (trimmed), with any echo of the key masked.
+Nothing from the HTTP layer or msgspec escapes, and the API key never appears in an error
+message: the server's own words are quoted (trimmed), with any echo of the key masked.
 
-The per-call path is kept lean because the VM issues thousands of calls per second: the URL,
-headers and timeouts are built once, requests are encoded straight from msgspec structs, and
-replies are decoded into typed structs without an intermediate dict.
+The per-call path is kept lean because the VM issues thousands of calls per second: the request
+head is built once, the shared prefix of a request (system prompt and tools) is spliced in as
+bytes encoded once (:mod:`avm.llm.io.prefix`), the rest is encoded straight from msgspec
+structs, and replies are decoded into typed structs without an intermediate dict.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import functools
+import itertools
 import logging
-import random
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from types import TracebackType
-from typing import Final, NoReturn, Self
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Final
 
-import aiohttp
 import msgspec
-import yarl
 
 from avm.errors import ModelError, ModelTimeout, ProviderUnavailable, RateLimited
+from avm.llm.io.http import HttpDisconnected, HttpError, HttpProtocolError, HttpTimeout
+from avm.llm.io.prefix import PREFIXES, SharedPrefix
+from avm.llm.io.streams import ReplyStream
+from avm.llm.io.transport import ModelTransport
 from avm.llm.types import Message, ModelReply, ModelRequest, ToolCall, ToolSpec, Usage
 
 __all__ = ["ModelStream", "OpenAICompatProvider"]
 
 logger = logging.getLogger(__name__)
 
-# Statuses that say "try again later" rather than "your request is wrong".
-_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-# How much of a server's error text goes into an exception message.
-_MAX_QUOTE_CHARS: Final = 300
+# Batch states after which polling stops.
+_BATCH_FINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
+# OpenAI's limits for one batch input file.
+MAX_BATCH_REQUESTS: Final = 50_000
 
 
 # --- request wire format ---------------------------------------------------------------------
@@ -84,14 +87,25 @@ class _StreamOptions(msgspec.Struct):
 
 class _WireRequest(msgspec.Struct, omit_defaults=True):
     model: str
-    messages: list[Message | _WireMessage]
+    # Message | _WireMessage | msgspec.Raw (a shared system message encoded once, see prefix)
+    messages: list[Any]
     max_tokens: int
     temperature: float
     top_p: float
     stop: list[str] | None = None
-    tools: list[_WireTool] | None = None
+    # list[_WireTool], or the shared prefix's tools already encoded as msgspec.Raw
+    tools: list[_WireTool] | msgspec.Raw | None = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
+
+
+class _BatchLine(msgspec.Struct):
+    """One line of an OpenAI Batch input file."""
+
+    custom_id: str
+    body: msgspec.Raw
+    method: str = "POST"
+    url: str = "/v1/chat/completions"
 
 
 def _wire_message(message: Message) -> Message | _WireMessage:
@@ -193,10 +207,64 @@ class _RErrorBody(msgspec.Struct):
     error: _RErrorDetail | str
 
 
+# --- Batch API wire format -------------------------------------------------------------------
+
+
+class _RFile(msgspec.Struct):
+    id: str
+
+
+class _RBatchError(msgspec.Struct):
+    message: str | None = None
+    code: str | None = None
+    line: int | None = None
+
+
+class _RBatchErrors(msgspec.Struct):
+    data: list[_RBatchError] = []
+
+
+class _RBatch(msgspec.Struct):
+    id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: _RBatchErrors | None = None
+
+
+_NO_BODY: Final = msgspec.Raw(b"")
+
+
+class _ROutResponse(msgspec.Struct):
+    status_code: int = 0
+    body: msgspec.Raw = _NO_BODY  # the reply, decoded later by the live-call decoder
+
+
+class _ROutError(msgspec.Struct):
+    message: str | None = None
+    code: str | None = None
+
+
+class _ROutLine(msgspec.Struct):
+    custom_id: str
+    response: _ROutResponse | None = None
+    error: _ROutError | None = None
+
+
+class _BatchCreate(msgspec.Struct):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
 _ENCODER: Final = msgspec.json.Encoder()
 _COMPLETION_DECODER: Final = msgspec.json.Decoder(_RCompletion)
 _CHUNK_DECODER: Final = msgspec.json.Decoder(_RChunk)
-_ERROR_DECODER: Final = msgspec.json.Decoder(_RErrorBody)
+_FILE_DECODER: Final = msgspec.json.Decoder(_RFile)
+_BATCH_DECODER: Final = msgspec.json.Decoder(_RBatch)
+_OUT_LINE_DECODER: Final = msgspec.json.Decoder(_ROutLine)
+_ERROR_BODY_DECODER: Final = msgspec.json.Decoder(_RErrorBody)
 
 
 def _usage(wire: _RUsage | None) -> Usage:
@@ -210,26 +278,16 @@ def _usage(wire: _RUsage | None) -> Usage:
     )
 
 
-def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _encode_prefix(prefix: SharedPrefix) -> tuple[list[msgspec.Raw], msgspec.Raw | None]:
+    """The shared prefix in OpenAI's shape: system messages and the tools array, as bytes."""
+    messages = [
+        msgspec.Raw(_ENCODER.encode(_wire_message(Message(role="system", content=text))))
+        for text in prefix.texts
+    ]
+    tools = None
+    if prefix.tools:
+        tools = msgspec.Raw(_ENCODER.encode([_WireTool(function=t) for t in prefix.tools]))
+    return messages, tools
 
 
 class OpenAICompatProvider:
@@ -252,8 +310,8 @@ class OpenAICompatProvider:
             working on (and billing) the first attempt, and retries multiply the worst-case wait.
         headers: extra headers for every request (e.g. an organisation id).
 
-    The HTTP session is created on first use inside the running event loop; :meth:`aclose`
-    closes it.
+    Connections are opened on first use inside the running event loop; :meth:`aclose` closes
+    them.
     """
 
     def __init__(
@@ -269,36 +327,30 @@ class OpenAICompatProvider:
         retry_on_timeout: bool = False,
         headers: dict[str, str] | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must not be negative, got {max_retries}")
         self.base_url = base_url.rstrip("/")
+        self._transport = ModelTransport(
+            self.base_url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            retry_on_timeout=retry_on_timeout,
+            secret=api_key,
+            name=repr(self),
+        )
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.retry_on_timeout = retry_on_timeout
-        # A parsed URL, so aiohttp does not re-parse a string on every call.
-        self._url = yarl.URL(self.base_url + "/chat/completions")
-        self._where = str(self._url)
         self._api_key = api_key or None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if headers:
             self._headers.update(headers)
         if self._api_key is not None:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        # A stream may legitimately run for minutes; what must not stall is each read.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout_s, sock_read=timeout_s
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._chat_head = self._transport.head("POST", "/chat/completions", self._headers)
+        self._where = "POST " + self._transport.url("/chat/completions")
+        self._batch_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         # Deliberately without the key.
@@ -308,21 +360,13 @@ class OpenAICompatProvider:
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         """Answer one request; raises only :class:`avm.errors.ModelError` subclasses."""
-        body = self._encode(request, stream=False)
-        response = await self._open(body, request.model, stream=False)
-        try:
-            payload = await response.read()
-        except TimeoutError as exc:
-            raise ModelTimeout(
-                self._describe(request.model, "timed out reading the reply")
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailable(
-                self._describe(request.model, f"reply cut off: {type(exc).__name__}")
-            ) from exc
-        finally:
-            response.release()
-        return self._decode(payload, request.model)
+        # The body is encoded by the connection pool once a connection is free, straight into
+        # its send buffer (see avm.llm.io.http.BodyWriter).
+        writer = functools.partial(_ENCODER.encode_into, self._wire(request, stream=False))
+        response = await self._transport.call(
+            self._chat_head, writer, where=self._where, model=request.model
+        )
+        return self._decode(response.body, request.model)
 
     def stream(self, request: ModelRequest) -> ModelStream:
         """Stream one request's reply as text deltas.
@@ -335,152 +379,216 @@ class OpenAICompatProvider:
         """
         return ModelStream(self, request)
 
+    async def run_batch(
+        self,
+        requests: Sequence[ModelRequest],
+        *,
+        poll_s: float = 30.0,
+        completion_window: str = "24h",
+    ) -> list[ModelReply | ModelError]:
+        """Answer ``requests`` through the OpenAI Batch API, in order.
+
+        Uploads the requests as a JSONL file, creates a batch, polls it every ``poll_s``
+        seconds until it is over, downloads the output (and error) files, and returns one reply
+        or one :class:`ModelError` per request. A request the batch did not answer (it failed
+        validation, expired or was cancelled) gets a :class:`ModelError` saying so. Raises only
+        when the batch could not be submitted or polled at all.
+        """
+        if not requests:
+            return []
+        if len(requests) > MAX_BATCH_REQUESTS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_REQUESTS} requests")
+        serial = next(self._batch_ids)
+        endpoint = self._transport.base_path + "/chat/completions"
+        lines = [
+            _ENCODER.encode(
+                _BatchLine(custom_id=f"r{i}", body=msgspec.Raw(self.encode(r)), url=endpoint)
+            )
+            for i, r in enumerate(requests)
+        ]
+        model = requests[0].model
+        file_id = await self._upload(b"\n".join(lines) + b"\n", f"avm-batch-{serial}.jsonl", model)
+        batch = await self._json_call(
+            "POST",
+            "/batches",
+            _ENCODER.encode(
+                _BatchCreate(
+                    input_file_id=file_id,
+                    endpoint=endpoint,
+                    completion_window=completion_window,
+                    metadata={"source": "avm"},
+                )
+            ),
+            model,
+            _BATCH_DECODER,
+        )
+        logger.debug("%s: batch %s of %d requests created", self.base_url, batch.id, len(requests))
+        while batch.status not in _BATCH_FINAL:
+            await asyncio.sleep(poll_s)
+            batch = await self._json_call("GET", f"/batches/{batch.id}", b"", model, _BATCH_DECODER)
+        results: dict[str, ModelReply | ModelError] = {}
+        for file in (batch.output_file_id, batch.error_file_id):
+            if file:
+                content = await self._download(file, model)
+                self._read_output(content, requests, results)
+        why = batch.status
+        if batch.errors is not None and batch.errors.data:
+            why += ": " + "; ".join(
+                self._transport.mask(e.message or "") for e in batch.errors.data[:3]
+            )
+        return [
+            results.get(f"r{i}")
+            or ModelError(
+                self._transport.describe(
+                    f"batch {batch.id}", r.model, f"no result, the batch {why}"
+                )
+            )
+            for i, r in enumerate(requests)
+        ]
+
     async def aclose(self) -> None:
         """Close the connection pool; the provider cannot be used afterwards."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._transport.aclose()
 
-    # --- transport ---------------------------------------------------------------------------
+    # --- batch helpers -----------------------------------------------------------------------
 
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        loop = asyncio.get_running_loop()
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if self._closed:
-            raise ModelError(f"{self!r} was closed; create a new provider")
-        # A session is bound to the loop it was made in; a provider reused from another loop
-        # (one per test, say) gets a fresh one rather than a pool of dead connections.
-        self._session = session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
-            headers=self._headers,
-            timeout=self._timeout,
-            raise_for_status=False,
+    async def _json_call(
+        self, method: str, path: str, body: bytes, model: str, decoder: msgspec.json.Decoder[Any]
+    ) -> Any:
+        head = self._transport.head(method, path, self._headers)
+        where = f"{method} {self._transport.url(path)}"
+        response = await self._transport.call(head, body, where=where, model=model)
+        try:
+            return decoder.decode(response.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ModelError(
+                self._transport.describe(
+                    where, model, f"malformed reply ({exc}): {self._transport.quote(response.body)}"
+                )
+            ) from exc
+
+    async def _upload(self, content: bytes, filename: str, model: str) -> str:
+        boundary = f"avm-{next(self._batch_ids):08x}-boundary"
+        form = (
+            (
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="purpose"\r\n\r\n'
+                "batch\r\n"
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                "Content-Type: application/jsonl\r\n\r\n"
+            ).encode()
+            + content
+            + f"\r\n--{boundary}--\r\n".encode()
         )
-        self._loop = loop
-        return session
+        headers = dict(self._headers)
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        head = self._transport.head("POST", "/files", headers)
+        where = "POST " + self._transport.url("/files")
+        response = await self._transport.call(head, form, where=where, model=model)
+        try:
+            return _FILE_DECODER.decode(response.body).id
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ModelError(
+                self._transport.describe(where, model, f"malformed reply ({exc})")
+            ) from exc
 
-    async def _open(self, body: bytes, model: str, *, stream: bool) -> aiohttp.ClientResponse:
-        """POST ``body`` with retries; return a 200 response whose body is not read yet."""
-        session = self._client()
-        timeout = self._stream_timeout if stream else self._timeout
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                response = await session.post(self._url, data=body, timeout=timeout)
-            except TimeoutError as exc:
-                if self.retry_on_timeout and attempt < self.max_retries:
-                    await self._backoff(attempt, None, model, "timeout")
-                    attempt += 1
-                    continue
-                raise ModelTimeout(
-                    self._describe(model, f"no answer within {self.timeout_s:g} s", attempt)
-                ) from exc
-            except aiohttp.ClientConnectionError as exc:
-                if attempt < self.max_retries:
-                    await self._backoff(attempt, None, model, type(exc).__name__)
-                    attempt += 1
-                    continue
-                raise ProviderUnavailable(
-                    self._describe(model, f"cannot connect: {self._mask(str(exc))}", attempt)
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise ModelError(
-                    self._describe(model, f"request failed: {self._mask(str(exc))}", attempt)
-                ) from exc
+    async def _download(self, file_id: str, model: str) -> bytes:
+        path = f"/files/{file_id}/content"
+        head = self._transport.head("GET", path, self._headers)
+        where = "GET " + self._transport.url(path)
+        response = await self._transport.call(head, b"", where=where, model=model, max_body=1 << 30)
+        return response.body
 
-            status = response.status
-            if status == 200:
-                return response
-            try:
-                detail = await self._error_text(response)
-            finally:
-                response.release()
-            retry_after = _parse_retry_after(response.headers)
-            if (
-                status in _RETRY_STATUSES
-                and attempt < self.max_retries
-                and (retry_after is None or retry_after <= self.backoff_max_s)
-            ):
-                await self._backoff(attempt, retry_after, model, f"HTTP {status}")
-                attempt += 1
-                continue
-            self._raise_status(status, detail, model, attempt, retry_after)
-
-    async def _backoff(
-        self, attempt: int, retry_after: float | None, model: str, reason: str
+    def _read_output(
+        self,
+        content: bytes,
+        requests: Sequence[ModelRequest],
+        results: dict[str, ModelReply | ModelError],
     ) -> None:
-        if retry_after is not None:
-            # Honour the server's word, plus a little jitter so a crowd of agents that were
-            # throttled together does not come back in the same millisecond.
-            delay = retry_after * (1.0 + 0.1 * random.random())
-        else:
-            ceiling = min(self.backoff_max_s, self.backoff_base_s * (2.0**attempt))
-            delay = ceiling * (0.5 + 0.5 * random.random())
-        logger.debug(
-            "%s model %r: %s, retry %d/%d in %.3f s",
-            self._where,
-            model,
-            reason,
-            attempt + 1,
-            self.max_retries,
-            delay,
-        )
-        await asyncio.sleep(delay)
+        for raw_line in content.splitlines():
+            if not raw_line.strip():
+                continue
+            try:
+                line = _OUT_LINE_DECODER.decode(raw_line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                logger.warning("%s: unreadable batch output line skipped", self.base_url)
+                continue
+            index = int(line.custom_id[1:]) if line.custom_id[1:].isdigit() else -1
+            if not 0 <= index < len(requests):
+                continue
+            model = requests[index].model
+            where = f"batch request {line.custom_id}"
+            response = line.response
+            if response is not None and response.status_code == 200 and len(response.body):
+                try:
+                    results[line.custom_id] = self._decode(bytes(response.body), model)
+                except ModelError as exc:
+                    results[line.custom_id] = exc
+                continue
+            status = response.status_code if response is not None else 0
+            detail = ""
+            if response is not None and len(response.body):
+                detail = self._error_detail(bytes(response.body))
+            if not detail and line.error is not None:
+                detail = self._transport.mask(line.error.message or line.error.code or "")
+            message = self._transport.describe(where, model, f"HTTP {status}: {detail or 'failed'}")
+            if status == 429:
+                results[line.custom_id] = RateLimited(message)
+            elif status >= 500:
+                results[line.custom_id] = ProviderUnavailable(message)
+            else:
+                results[line.custom_id] = ModelError(message)
 
-    async def _error_text(self, response: aiohttp.ClientResponse) -> str:
-        """What the server said in an error reply: its error message, else its raw text."""
+    def _error_detail(self, raw: bytes) -> str:
         try:
-            raw = await response.read()
-        except (aiohttp.ClientError, TimeoutError):
-            return "(no readable body)"
-        try:
-            parsed = _ERROR_DECODER.decode(raw)
+            parsed = _ERROR_BODY_DECODER.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            text = raw.decode(errors="replace").strip()
-        else:
-            error = parsed.error
-            text = error if isinstance(error, str) else (error.message or "")
-        return self._mask(text) or "(empty body)"
-
-    def _raise_status(
-        self, status: int, detail: str, model: str, attempt: int, retry_after: float | None
-    ) -> NoReturn:
-        message = self._describe(model, f"HTTP {status}: {detail}", attempt)
-        if status == 429:
-            raise RateLimited(message, retry_after_s=retry_after)
-        if status >= 500:
-            raise ProviderUnavailable(message)
-        raise ModelError(message)
+            return self._transport.quote(raw)
+        error = parsed.error
+        return self._transport.mask(error if isinstance(error, str) else (error.message or ""))
 
     # --- encoding ----------------------------------------------------------------------------
 
-    def _encode(self, request: ModelRequest, *, stream: bool) -> bytes:
-        wire = _WireRequest(
+    def encode(self, request: ModelRequest, *, stream: bool = False) -> bytes:
+        """The JSON body of ``request`` for ``/chat/completions``."""
+        return _ENCODER.encode(self._wire(request, stream=stream))
+
+    def _wire(self, request: ModelRequest, *, stream: bool) -> _WireRequest:
+        prefix = PREFIXES.of(request)
+        tools: list[_WireTool] | msgspec.Raw | None = None
+        if prefix is None:
+            messages: list[Any] = [_wire_message(m) for m in request.messages]
+        else:
+            shared, tools = prefix.encoded("openai", _encode_prefix)
+            messages = shared + [_wire_message(m) for m in request.messages[prefix.count :]]
+        return _WireRequest(
             model=request.model,
-            messages=[_wire_message(m) for m in request.messages],
+            messages=messages,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             stop=list(request.stop) if request.stop else None,
-            tools=[_WireTool(function=t) for t in request.tools] if request.tools else None,
+            tools=tools,
             stream=stream,
             stream_options=_StreamOptions() if stream else None,
         )
-        return _ENCODER.encode(wire)
 
     def _decode(self, payload: bytes, model: str) -> ModelReply:
         try:
             completion = _COMPLETION_DECODER.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ModelError(
-                self._describe(model, f"malformed reply ({exc}): {self._quote(payload)}")
+                self._transport.describe(
+                    self._where, model, f"malformed reply ({exc}): {self._transport.quote(payload)}"
+                )
             ) from exc
         if not completion.choices:
-            raise ModelError(self._describe(model, f"reply has no choices: {self._quote(payload)}"))
+            raise ModelError(
+                self._transport.describe(
+                    self._where, model, f"reply has no choices: {self._transport.quote(payload)}"
+                )
+            )
         choice = completion.choices[0]
         message = choice.message
         calls: tuple[ToolCall, ...] = ()
@@ -497,25 +605,8 @@ class OpenAICompatProvider:
             finish_reason=choice.finish_reason or "stop",
         )
 
-    # --- messages ----------------------------------------------------------------------------
 
-    def _describe(self, model: str, what: str, attempt: int = 0) -> str:
-        tries = f" (after {attempt + 1} attempts)" if attempt else ""
-        return f"POST {self._where} model {model!r}: {what}{tries}"
-
-    def _mask(self, text: str) -> str:
-        # Some providers quote the key they rejected; it must not travel on in our messages.
-        if self._api_key is not None and self._api_key in text:
-            text = text.replace(self._api_key, "***")
-        if len(text) > _MAX_QUOTE_CHARS:
-            text = text[:_MAX_QUOTE_CHARS] + "..."
-        return text
-
-    def _quote(self, payload: bytes) -> str:
-        return self._mask(payload[: _MAX_QUOTE_CHARS * 4].decode(errors="replace"))
-
-
-class ModelStream(AsyncIterator[str]):
+class ModelStream(ReplyStream):
     """The text deltas of one streamed reply, then the whole reply in :attr:`reply`.
 
     Iterate it once. Errors are translated exactly as for
@@ -523,38 +614,17 @@ class ModelStream(AsyncIterator[str]):
     """
 
     def __init__(self, provider: OpenAICompatProvider, request: ModelRequest) -> None:
+        super().__init__()
         self._provider = provider
         self._request = request
-        self._agen = self._run()
-        self.reply: ModelReply | None = None
-        """The complete reply, set when the stream has ended normally; None before."""
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> str:
-        return await self._agen.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop reading and release the connection."""
-        await self._agen.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _run(self) -> AsyncGenerator[str, None]:
         provider = self._provider
+        transport = provider._transport
+        where = provider._where
         model = self._request.model
-        body = provider._encode(self._request, stream=True)
-        response = await provider._open(body, model, stream=True)
+        writer = functools.partial(_ENCODER.encode_into, provider._wire(self._request, stream=True))
+        stream = await transport.open_stream(provider._chat_head, writer, where=where, model=model)
         text: list[str] = []
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...]
         usage = Usage()
@@ -562,7 +632,7 @@ class ModelStream(AsyncIterator[str]):
         reply_model = model
         done = False
         try:
-            async for line in response.content:
+            async for line in stream.lines():
                 if not line.startswith(b"data:"):
                     continue  # blank separators, ": keep-alive" comments, "event:" lines
                 data = line[5:].strip()
@@ -573,8 +643,8 @@ class ModelStream(AsyncIterator[str]):
                     chunk = _CHUNK_DECODER.decode(data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise ModelError(
-                        provider._describe(
-                            model, f"malformed stream chunk ({exc}): {provider._quote(data)}"
+                        transport.describe(
+                            where, model, f"malformed stream chunk ({exc}): {transport.quote(data)}"
                         )
                     ) from exc
                 if chunk.model:
@@ -599,21 +669,29 @@ class ModelStream(AsyncIterator[str]):
                     if delta.content:
                         text.append(delta.content)
                         yield delta.content
-        except TimeoutError as exc:
+            if done:
+                # Read to the end of the body so the connection can be reused.
+                await stream.read()
+        except HttpTimeout as exc:
             raise ModelTimeout(
-                provider._describe(model, f"stream stalled for {provider.timeout_s:g} s")
+                transport.describe(where, model, f"stream stalled for {transport.timeout_s:g} s")
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HttpDisconnected as exc:
             raise ProviderUnavailable(
-                provider._describe(model, f"stream cut off: {type(exc).__name__}")
+                transport.describe(where, model, f"stream cut off: {exc}")
             ) from exc
-        except ValueError as exc:
-            # aiohttp's line reader refuses a line beyond its buffer limit.
-            raise ModelError(provider._describe(model, f"unreadable stream: {exc}")) from exc
+        except HttpProtocolError as exc:
+            raise ModelError(transport.describe(where, model, f"unreadable stream: {exc}")) from exc
+        except HttpError as exc:
+            raise ProviderUnavailable(
+                transport.describe(where, model, f"stream failed: {exc}")
+            ) from exc
         finally:
-            response.release()
+            stream.close()
         if not done and finish is None:
-            raise ProviderUnavailable(provider._describe(model, "stream ended before completion"))
+            raise ProviderUnavailable(
+                transport.describe(where, model, "stream ended before completion")
+            )
         self.reply = ModelReply(
             text="".join(text),
             model=reply_model,

@@ -1,0 +1,556 @@
+"""The template interpreter: an image's program run as an ordinary agent of a VM.
+
+:func:`register` links an image into a VM and registers it with ``vm.agent`` like any Python
+agent: its name, budget and priority are the template's, and its capabilities are exactly what
+the template declares (its tools, and the VM names its models and prompts are registered under).
+The agent function it registers interprets the program by issuing instructions through the
+same pipeline the Python context uses, so gas, capabilities, the journal and replay apply
+unchanged: a template can do nothing its declarations do not grant, because the pipeline, not
+the interpreter, enforces the grant.
+
+The program is compiled once per registration into a tree of small step objects with their
+expressions pre-parsed and their constant arguments pre-bound (with
+:meth:`InstructionSpec.bind`), and shared by every agent of the template. Each agent's run
+keeps only its names. Between instructions the interpreter computes only from the template and
+from results the pipeline returned, which replay returns again from the journal: a recovered
+agent re-runs its program from the top and arrives at the same instructions with the same
+arguments, as a Python agent does.
+
+::
+
+    runner(ctx, **inputs) ─► check inputs ─► setup ─► ┬─ SCHEDULE_TASK ─► program ─┐ × ticks
+                                                      └────────────────────────────┘
+                                                     ─► result
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from avm._core.context import Context
+from avm._core.interpreter import execute
+from avm._core.isa import INSTRUCTIONS, Op
+from avm._core.process import AgentDefinition, AgentProcess
+from avm._core.runtime import Runtime
+from avm._core.vm import VM
+from avm.assembler.declarations import accepts_input
+from avm.assembler.expressions import (
+    Evaluator,
+    Lookup,
+    compile_condition,
+    compile_value,
+    render_text,
+)
+from avm.assembler.image import Image
+from avm.assembler.problems import ProgramError
+from avm.assembler.source import join_path
+from avm.assembler.template import (
+    Call,
+    ForEach,
+    If,
+    React,
+    Repeat,
+    Set,
+    Step,
+    Template,
+    Tool,
+)
+from avm.config import ModelConfig
+from avm.errors import CapabilityDenied, ConfigError, InvalidArgument, ToolError
+from avm.llm.types import Message, ModelReply, ToolCall, ToolSpec
+
+__all__ = ["register", "vm_name"]
+
+# The access a tool instruction needs, and how a refusal words it.
+_TOOL_MODES: Final = {
+    Op.READ_FROM_TOOL: ("read", "read"),
+    Op.WRITE_TO_TOOL: ("write", "written to"),
+}
+
+
+def vm_name(template: str, name: str) -> str:
+    """The VM-wide name of a model or prompt a template defines itself (not one it ``use``\\s).
+
+    Prefixed with the template's name so that two templates may both call their model
+    ``analyst`` without colliding in the VM's model linker or prompt library.
+    """
+    return f"{template}/{name}"
+
+
+class _Run:
+    """One agent's run of a program: the pipeline it issues instructions to, and its names."""
+
+    __slots__ = ("env", "proc", "rt")
+
+    def __init__(self, ctx: Context, env: dict[str, Any]) -> None:
+        # The interpreter is part of the VM: it enters the pipeline where ctx's methods do.
+        self.rt: Runtime = ctx._rt
+        self.proc: AgentProcess = ctx._proc
+        self.env = env
+
+
+class _Links:
+    """How template names map to what the VM knows, and what the template may do with tools."""
+
+    def __init__(
+        self, template: Template, models: Mapping[str, str], prompts: Mapping[str, str]
+    ) -> None:
+        self.template = template.name
+        self.models = dict(models)
+        self.prompts = dict(prompts)
+        self.tools: dict[str, Tool] = dict(template.tools)
+
+    def tool_arg(self, name: Any) -> Any:
+        """A tool offered to a model: its declared schema if the template has one, else the
+        name (the VM then offers the schema the tool was registered with)."""
+        tool = self.tools.get(name) if isinstance(name, str) else None
+        if tool is None or tool.schema is None:
+            return name
+        return ToolSpec(name, tool.description, tool.schema)
+
+    def fix(self, op: Op, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Translate template names in an instruction's arguments to VM names.
+
+        A name the template does not declare is passed on unchanged, so the pipeline's
+        capability check refuses it as it would refuse a Python agent.
+        """
+        # Names are looked up only when they are strings: any other value goes on to the
+        # pipeline, whose argument check refuses it with the usual message.
+        if op is Op.RUN_MODEL:
+            model, value, max_tokens, temperature, tools = args
+            if isinstance(tools, list | tuple):
+                tools = [self.tool_arg(item) for item in tools]
+            if isinstance(model, str):
+                model = self.models.get(model, model)
+            return (model, value, max_tokens, temperature, tools)
+        if op is Op.LOAD_PROMPT:
+            prompt = args[0]
+            return (self.prompts.get(prompt, prompt) if isinstance(prompt, str) else prompt,)
+        mode = _TOOL_MODES.get(op)
+        if mode is not None:
+            tool = self.tools.get(args[0]) if isinstance(args[0], str) else None
+            if tool is not None and tool.access not in (mode[0], "both"):
+                raise CapabilityDenied(
+                    f"template {self.template!r} declares tool {args[0]!r} with access "
+                    f"{tool.access}, so it may not be {mode[1]}"
+                )
+        return args
+
+
+class _Step:
+    """A compiled step: ``path`` locates it in the template for error messages."""
+
+    __slots__ = ("path", "template")
+
+    def __init__(self, template: str, path: str) -> None:
+        self.template = template
+        self.path = path
+
+    def error(self, message: str, field: str = "") -> ProgramError:
+        return ProgramError(
+            self.template, join_path(self.path, field) if field else self.path, message
+        )
+
+    async def run(self, run: _Run) -> None:
+        raise NotImplementedError
+
+
+class _Call(_Step):
+    __slots__ = ("args", "bind", "constant", "links", "op", "translate")
+
+    def __init__(self, step: Call, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, step.op.value.lower()))
+        spec = INSTRUCTIONS[step.op]
+        positional = spec.bind(step.args)  # the instruction set's own name → position mapping
+        compiled = [compile_value(value) for value in positional]
+        self.op = step.op
+        self.bind = step.bind
+        self.links = links
+        self.args: tuple[Evaluator, ...] = tuple(ev for ev, _ in compiled)
+        self.translate = step.op in (
+            Op.RUN_MODEL,
+            Op.LOAD_PROMPT,
+            Op.READ_FROM_TOOL,
+            Op.WRITE_TO_TOOL,
+        )
+        self.constant: tuple[Any, ...] | None = None
+        if all(is_constant for _, is_constant in compiled) and not any(
+            isinstance(value, dict | list) for value in positional
+        ):
+            # Scalars only: the same tuple can be handed to every call of every agent.
+            constant = tuple(positional)
+            self.constant = links.fix(self.op, constant) if self.translate else constant
+
+    async def run(self, run: _Run) -> None:
+        args = self.constant
+        if args is None:
+            env = run.env
+            try:
+                args = tuple([evaluate(env) for evaluate in self.args])
+            except Lookup as exc:
+                raise self.error(str(exc)) from None
+            if self.translate:
+                try:
+                    args = self.links.fix(self.op, args)
+                except CapabilityDenied as denied:
+                    denied.locate(run.proc.id, self.op.value, run.proc.step)
+                    raise
+        result = await execute(run.rt, run.proc, self.op, args)
+        if self.bind is not None:
+            run.env[self.bind] = result
+
+
+class _React(_Step):
+    __slots__ = (
+        "bind",
+        "input",
+        "links",
+        "max_tokens",
+        "max_turns",
+        "model",
+        "specs",
+        "temperature",
+        "tools",
+    )
+
+    def __init__(self, step: React, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, "react"))
+        self.links = links
+        self.model = compile_value(step.model)[0]
+        self.input = compile_value(step.input)[0]
+        self.max_tokens = compile_value(step.max_tokens)[0]
+        self.temperature = compile_value(step.temperature)[0]
+        self.max_turns = step.max_turns
+        self.bind = step.bind
+        self.tools: dict[str, str] = {name: links.tools[name].access for name in step.tools}
+        self.specs = [links.tool_arg(name) for name in step.tools] or None
+
+    async def run(self, run: _Run) -> None:
+        env = run.env
+        try:
+            model = self.model(env)
+            value = self.input(env)
+            max_tokens = self.max_tokens(env)
+            temperature = self.temperature(env)
+        except Lookup as exc:
+            raise self.error(str(exc)) from None
+        messages: list[Any] = [value] if isinstance(value, str) else list(_sequence(value))
+        if not messages:
+            raise self.error("the input evaluated to an empty list", "input")
+        model = self.links.models.get(model, model)
+        reply: ModelReply | None = None
+        for turn in range(self.max_turns):
+            args = (model, list(messages), max_tokens, temperature, self.specs)
+            reply = await execute(run.rt, run.proc, Op.RUN_MODEL, args)
+            if not reply.tool_calls or turn == self.max_turns - 1:
+                break
+            messages.append(Message("assistant", reply.text, tool_calls=reply.tool_calls))
+            for call in reply.tool_calls:
+                answer = await self.call_tool(run, call)
+                messages.append(Message("tool", answer, tool_call_id=call.id, name=call.name))
+        if self.bind is not None:
+            run.env[self.bind] = reply
+
+    async def call_tool(self, run: _Run, call: ToolCall) -> str:
+        """Run one tool call through the pipeline; what the model reads back is text.
+
+        A tool's failure is the model's to handle (it may retry or answer without it), so it
+        becomes the tool message rather than failing the agent; the pipeline journals it, so a
+        replay feeds the model the same text.
+        """
+        access = self.tools.get(call.name)
+        if access is None:
+            offered = ", ".join(sorted(self.tools)) or "none"
+            return f"error: no tool named {call.name!r} is offered here (offered: {offered})"
+        try:
+            arguments = msgspec.json.decode(call.arguments or "{}")
+        except msgspec.DecodeError as exc:
+            return f"error: the arguments are not valid JSON: {exc}"
+        op = Op.WRITE_TO_TOOL if access == "write" else Op.READ_FROM_TOOL
+        try:
+            result = await execute(run.rt, run.proc, op, (call.name, arguments))
+        except (ToolError, InvalidArgument) as exc:
+            return f"error: {exc.message}"
+        return render_text(result)
+
+
+def _sequence(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise Lookup(f"a react input must be a string or a list, not {type(value).__name__}")
+
+
+class _Set(_Step):
+    __slots__ = ("bind", "value")
+
+    def __init__(self, step: Set, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, "set"))
+        self.value = compile_value(step.value)[0]
+        self.bind = step.bind
+
+    async def run(self, run: _Run) -> None:
+        try:
+            run.env[self.bind] = self.value(run.env)
+        except Lookup as exc:
+            raise self.error(str(exc)) from None
+
+
+class _If(_Step):
+    __slots__ = ("condition", "otherwise", "then")
+
+    def __init__(self, step: If, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, "if"))
+        self.condition = compile_condition(step.condition)
+        self.then = _compile(step.then, join_path(path, "then"), links)
+        self.otherwise = _compile(step.otherwise, join_path(path, "else"), links)
+
+    async def run(self, run: _Run) -> None:
+        try:
+            chosen = self.then if self.condition(run.env) else self.otherwise
+        except Lookup as exc:
+            raise self.error(str(exc)) from None
+        for step in chosen:
+            await step.run(run)
+
+
+class _Repeat(_Step):
+    __slots__ = ("bind", "body", "count", "max")
+
+    def __init__(self, step: Repeat, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, "repeat"))
+        self.count = compile_value(step.count)[0]
+        self.max = step.max
+        self.bind = step.bind
+        self.body = _compile(step.body, join_path(path, "do"), links)
+
+    async def run(self, run: _Run) -> None:
+        try:
+            count = self.count(run.env)
+        except Lookup as exc:
+            raise self.error(str(exc)) from None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise self.error(f"the count must be a non-negative integer, not {count!r}")
+        if self.max is not None and count > self.max:
+            raise self.error(f"the count {count} exceeds the loop's max of {self.max}")
+        for index in range(count):
+            if self.bind is not None:
+                run.env[self.bind] = index
+            for step in self.body:
+                await step.run(run)
+
+
+class _ForEach(_Step):
+    __slots__ = ("bind", "body", "items", "max")
+
+    def __init__(self, step: ForEach, path: str, links: _Links) -> None:
+        super().__init__(links.template, join_path(path, "for_each"))
+        self.items = compile_value(step.items)[0]
+        self.max = step.max
+        self.bind = step.bind
+        self.body = _compile(step.body, join_path(path, "do"), links)
+
+    async def run(self, run: _Run) -> None:
+        try:
+            items = self.items(run.env)
+        except Lookup as exc:
+            raise self.error(str(exc)) from None
+        if not isinstance(items, list | tuple):
+            raise self.error(f"for_each needs a list, not {type(items).__name__}")
+        if self.max is not None and len(items) > self.max:
+            raise self.error(
+                f"the list has {len(items)} items, more than the loop's max of {self.max}"
+            )
+        for item in items:
+            run.env[self.bind] = item
+            for step in self.body:
+                await step.run(run)
+
+
+def _compile(steps: tuple[Step, ...], path: str, links: _Links) -> tuple[_Step, ...]:
+    compiled: list[_Step] = []
+    for index, step in enumerate(steps):
+        here = f"{path}[{index}]"
+        if isinstance(step, Call):
+            compiled.append(_Call(step, here, links))
+        elif isinstance(step, React):
+            compiled.append(_React(step, here, links))
+        elif isinstance(step, Set):
+            compiled.append(_Set(step, here, links))
+        elif isinstance(step, If):
+            compiled.append(_If(step, here, links))
+        elif isinstance(step, Repeat):
+            compiled.append(_Repeat(step, here, links))
+        else:
+            compiled.append(_ForEach(step, here, links))
+    return tuple(compiled)
+
+
+class _Program:
+    """A compiled template, shared by every agent of it."""
+
+    def __init__(self, template: Template, links: _Links) -> None:
+        self.template = template
+        self.setup = _compile(template.setup, "setup", links)
+        self.program = _compile(template.program, "program", links)
+        self.result: Evaluator = compile_value(template.result)[0]
+
+    def inputs(self, given: dict[str, Any]) -> dict[str, Any]:
+        declared = self.template.inputs
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            names = ", ".join(sorted(declared)) or "none"
+            raise ProgramError(
+                self.template.name, "inputs", f"unknown input {unknown[0]!r} (inputs: {names})"
+            )
+        values: dict[str, Any] = {}
+        for name, spec in declared.items():
+            if name in given:
+                value = given[name]
+                if not accepts_input(spec.type, value):
+                    raise ProgramError(
+                        self.template.name,
+                        join_path("inputs", name),
+                        f"expected a value of type {spec.type}, got {type(value).__name__}",
+                    )
+                values[name] = value
+            elif spec.has_default:
+                values[name] = compile_value(spec.default)[0]({})  # a fresh copy per agent
+            else:
+                raise ProgramError(
+                    self.template.name, join_path("inputs", name), "this input is required"
+                )
+        return values
+
+    async def run(self, ctx: Context, given: dict[str, Any]) -> Any:
+        env: dict[str, Any] = self.inputs(given)
+        env["agent_id"] = ctx.agent_id
+        run = _Run(ctx, env)
+        for step in self.setup:
+            await step.run(run)
+        schedule = self.template.schedule
+        if schedule is None:
+            for step in self.program:
+                await step.run(run)
+        else:
+            args = (schedule.task, schedule.interval_s)
+            for _ in range(schedule.ticks):
+                tick = await execute(run.rt, run.proc, Op.SCHEDULE_TASK, args)
+                env["tick"] = tick.tick
+                for step in self.program:
+                    await step.run(run)
+        try:
+            return self.result(env)
+        except Lookup as exc:
+            raise ProgramError(self.template.name, "result", str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Linking:
+    """What registering a template adds to a VM, decided before anything is added."""
+
+    links: _Links
+    models: list[tuple[str, ModelConfig]]
+    prompts: list[tuple[str, str]]
+
+
+def _link(vm: VM, template: Template) -> _Linking:
+    """Check the template against the VM and decide the names its models and prompts get."""
+    problems: list[str] = []
+    registered = set(vm.tools.names())
+    for name, tool in template.tools.items():
+        if name not in registered:
+            problems.append(f"tool {name!r} is not registered in this VM")
+            continue
+        found = vm.tools.get(name)
+        if tool.access in ("read", "both") and found.read is None:
+            problems.append(f"tool {name!r} cannot be read, but the template reads it")
+        if tool.access in ("write", "both") and found.write is None:
+            problems.append(f"tool {name!r} cannot be written to, but the template writes it")
+    new_models: list[tuple[str, ModelConfig]] = []
+    models: dict[str, str] = {}
+    for name, model in template.models.items():
+        if model.use is not None:
+            if model.use not in vm.models:
+                problems.append(f"model {name!r} uses {model.use!r}, which this VM does not have")
+            models[name] = model.use
+            continue
+        target = vm_name(template.name, name)
+        assert model.spec is not None
+        overrides = {
+            key: value
+            for key, value in (
+                ("base_url", model.base_url),
+                ("price_in", model.price_in),
+                ("price_out", model.price_out),
+                ("max_tokens", model.max_tokens),
+                # Until the key manager serves model keys, a declared secret is read from the
+                # environment variable of the same name when the model is first called.
+                ("api_key_env", model.secret),
+            )
+            if value is not None
+        }
+        try:
+            config = ModelConfig.parse(model.spec, **overrides)
+        except (ConfigError, msgspec.ValidationError) as exc:
+            problems.append(f"model {name!r}: {exc}")
+            continue
+        if target in vm.models and vm.models.config(target) != config:
+            problems.append(f"model {target!r} is already linked with another configuration")
+        new_models.append((target, config))
+        models[name] = target
+    new_prompts: list[tuple[str, str]] = []
+    prompts: dict[str, str] = {}
+    for name, prompt in template.prompts.items():
+        if prompt.use is not None:
+            if prompt.use not in vm.prompts:
+                problems.append(f"prompt {name!r} uses {prompt.use!r}, which this VM does not hold")
+            prompts[name] = prompt.use
+            continue
+        target = vm_name(template.name, name)
+        text = prompt.text or ""
+        if target in vm.prompts and vm.prompts.get(target).text != text:
+            problems.append(f"prompt {target!r} is already registered with other text")
+        new_prompts.append((target, text))
+        prompts[name] = target
+    if problems:
+        raise ConfigError(
+            f"template {template.name!r} cannot run in this VM: " + "; ".join(problems)
+        )
+    return _Linking(_Links(template, models, prompts), new_models, new_prompts)
+
+
+def register(vm: VM, image: Image) -> AgentDefinition:
+    """Link ``image`` into ``vm`` and register it as an agent definition named after it.
+
+    Checks first that the VM has every tool the template declares (able to be read or written
+    as the template's access says) and every model and prompt it ``use``\\s, raising
+    :class:`ConfigError` listing what is missing; then links the template's own models and
+    prompts under :func:`vm_name` and registers the agent. Spawn it with the template's inputs
+    as keyword arguments: ``vm.spawn(definition, token="BTC")``.
+    """
+    template = image.template
+    linking = _link(vm, template)
+    for target, config in linking.models:
+        vm.model(target, config)
+    for target, text in linking.prompts:
+        vm.prompts.add(target, text)
+    links = linking.links
+    program = _Program(template, links)
+
+    async def run_template(ctx: Context, /, **inputs: Any) -> Any:
+        return await program.run(ctx, inputs)
+
+    run_template.__name__ = run_template.__qualname__ = f"template:{template.name}"
+    run_template.__doc__ = f"The template {template.name!r}, image {image.digest}."
+    return vm.agent(
+        name=template.name,
+        budget=template.budget,
+        priority=template.priority,
+        tools=list(template.tools),
+        models=sorted(set(links.models.values())),
+        prompts=sorted(set(links.prompts.values())),
+    )(run_template)
