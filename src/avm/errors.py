@@ -15,6 +15,12 @@ agent name the agent, the instruction and its step, so a message alone says wher
     ├── ArchiveError                an export archive is corrupt, truncated or conflicts
     ├── TemplateError               a template or image was rejected (every Problem listed)
     ├── ProgramError                a template program failed at run time (template, step)
+    ├── ContentError                the content-addressed memory failed
+    │   ├── InvalidRef              not a 32-byte BLAKE3 digest
+    │   ├── ContentNotFound         no tier holds that hash (never stored, or collected)
+    │   ├── RefcountError           unbalanced incref/decref
+    │   ├── ContentCorrupt          bytes on disk no longer match their hash
+    │   └── StoreClosed             the store was used after close()
     └── InstructionError            one instruction of one agent failed (agent, op, step)
         ├── InvalidArgument         an argument has the wrong type or value
         ├── CapabilityDenied        the agent was not granted that tool, model or prompt
@@ -48,8 +54,12 @@ __all__ = [
     "AvmError",
     "CapabilityDenied",
     "ConfigError",
+    "ContentCorrupt",
+    "ContentError",
+    "ContentNotFound",
     "InstructionError",
     "InvalidArgument",
+    "InvalidRef",
     "MasterKeyError",
     "ModelError",
     "ModelTimeout",
@@ -60,10 +70,12 @@ __all__ = [
     "ProgramError",
     "ProviderUnavailable",
     "RateLimited",
+    "RefcountError",
     "ReplayDivergence",
     "SandboxUnavailable",
     "SqlDenied",
     "StorageError",
+    "StoreClosed",
     "SwarmError",
     "SwarmTimeout",
     "TemplateError",
@@ -172,6 +184,48 @@ class ProgramError(AvmError):
         self.template = template
         self.step = step
         self.message = message
+
+
+class ContentError(AvmError):
+    """Root of every error raised by :mod:`avm.memory`."""
+
+
+class InvalidRef(ContentError, ValueError):
+    """A value used as a content ref is not 32 bytes (or 64 hex digits)."""
+
+
+class ContentNotFound(ContentError, LookupError):
+    """No tier holds content with this hash: it was never stored, or it was garbage-collected."""
+
+    def __init__(self, ref: bytes) -> None:
+        super().__init__(
+            f"no content with hash {ref.hex()} in the store (never stored, or reclaimed by "
+            "garbage collection: hold it with incref() or pass it as a root to collect())"
+        )
+        self.ref = ref
+
+
+class RefcountError(ContentError):
+    """A hold was released that was never taken: the caller's incref/decref are unbalanced."""
+
+    def __init__(self, ref: bytes, message: str) -> None:
+        super().__init__(f"content {ref.hex()}: {message}")
+        self.ref = ref
+
+
+class ContentCorrupt(ContentError):
+    """Bytes read from the cold tier do not hash to the ref they are stored under."""
+
+    def __init__(self, ref: bytes, where: str) -> None:
+        super().__init__(
+            f"content {ref.hex()} read from {where} does not match its hash; the cold-tier file "
+            "is damaged: restore it from a backup or drop the agents that reference it"
+        )
+        self.ref = ref
+
+
+class StoreClosed(ContentError):
+    """The content store was used after it was closed."""
 
 
 class InstructionError(AvmError):

@@ -1,0 +1,80 @@
+"""The codec: a bounded sample reservoir, dictionaries that must earn their version."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from memory_workloads import chat_message
+
+from avm.memory import RAW, ZSTD, Codec, ContentError
+
+
+def test_reservoir_is_bounded_by_count_and_bytes() -> None:
+    codec = Codec(reservoir=100, reservoir_bytes=20_000, first_training=10**9)
+    for i in range(5000):
+        codec.observe(chat_message(i))
+    assert codec._sample_bytes <= 20_000
+    assert len(codec._samples) <= 100
+    assert codec.ram_bytes() < 2 * 1024 * 1024
+
+
+def test_small_and_large_content_is_not_sampled() -> None:
+    codec = Codec(sample_max=1000, first_training=10**9)
+    codec.observe(b"tiny")
+    codec.observe(b"x" * 5000)
+    assert codec._samples == []
+
+
+def test_trainings_follow_a_geometric_schedule() -> None:
+    codec = Codec(first_training=200, retrain_factor=4.0, background=False)
+    versions = []
+    for i in range(3500):
+        codec.observe(chat_message(i))
+        versions.append(codec.version)
+    assert [versions.index(v) + 1 for v in (1, 2)] == [200, 800]  # then 3,200
+    assert codec.version == 3
+    assert [info.version for info in codec.dictionaries] == [1, 2, 3]
+
+
+def test_a_dictionary_that_does_not_help_is_not_installed() -> None:
+    codec = Codec(background=False, first_training=10**9, dict_size=4096)
+    for _ in range(400):
+        codec.observe(os.urandom(1000))  # noise: nothing for a dictionary to learn
+    assert codec.train_now() is None
+    assert codec.version == ZSTD
+
+
+def test_unknown_dictionary_versions_are_an_error() -> None:
+    codec = Codec()
+    with pytest.raises(ContentError, match="dictionary version 7"):
+        codec.decompress(7, b"\x28\xb5\x2f\xfd")
+
+
+def test_old_versions_decode_after_the_context_cache_turns_over() -> None:
+    codec = Codec(background=False, first_training=10**9)
+    packed = []
+    for generation in range(6):
+        for i in range(300):
+            codec.observe(chat_message(generation * 1000 + i))
+        codec.train_now()
+        packed.append((codec.compress(chat_message(generation)), chat_message(generation)))
+    assert codec.version == 6
+    for (codec_id, data), original in packed:
+        assert codec.decompress(codec_id, data) == original
+    assert len(codec._decompressors) <= 4
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=4000) | st.builds(chat_message, st.integers(0, 10**6)))
+def test_compress_round_trips(data: bytes) -> None:
+    codec = Codec()
+    codec_id, stored = codec.compress(data)
+    assert codec.decompress(codec_id, stored) == data
+    assert codec.content_size(codec_id, stored) == len(data)
+    if codec_id == RAW:
+        assert stored is data
+    else:
+        assert len(stored) < len(data)
