@@ -125,6 +125,9 @@ class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
     mailbox_capacity: int = 64
     default_budget: float | None = None
     prices: GasPrices = GasPrices()
+    # The content store's RAM budget ("2GB", "512MiB" or bytes); beyond it content moves to
+    # compressed RAM, then to disk. None: no budget.
+    memory: str | int | None = None
     recover: bool = True  # on start, resume the agents the last host left unfinished
     sql_max_steps: int = 5_000_000
     sql_max_open: int = 1024

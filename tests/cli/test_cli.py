@@ -31,6 +31,7 @@ from avm.demo.portfolio import (
     quote,
     run_portfolio,
 )
+from avm.memory import GcStats, MemoryStats, TierStats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -268,6 +269,20 @@ def test_instructions_lists_the_whole_set(tmp_path: Path) -> None:
 # -- the dashboard's views ---------------------------------------------------------------------
 
 
+def _memory_stats() -> MemoryStats:
+    tier = TierStats(
+        entries=10, logical_bytes=512_000, stored_bytes=128_000, ram_bytes=128_000, hits=90,
+        misses=10,
+    )  # fmt: skip
+    return MemoryStats(
+        hot=tier, warm=tier, cold=tier, distinct_entries=30, distinct_bytes=1_536_000,
+        ram_bytes=3 * 2**20, budget_bytes=None, codec_ram_bytes=0, put_calls=3000,
+        put_bytes=150_000_000, new_entries=30, new_bytes=1_536_000, dedup_ratio=97.7,
+        compression_ratio=4.0, promotions=0, demotions=0, dictionary_version=0, dictionaries=(),
+        gc=GcStats(runs=0, reclaimed_entries=0, reclaimed_bytes=0, reclaimed_disk_rows=0),
+    )  # fmt: skip
+
+
 def _snapshot(**changes: Any) -> Snapshot:
     stats = avm.VMStats(
         agents={"ready": 2, "running": 1, "waiting": 7, "out_of_gas": 1, "done": 5, "failed": 1,
@@ -276,6 +291,7 @@ def _snapshot(**changes: Any) -> Snapshot:
         run_slots=1, run_queue=2, instructions=1234, instructions_per_s=321.5, model_requests=40,
         model_requests_per_s=12.5, model_latency_ms=51.0, gas_spent=99.5, timers=3, swarms=2,
         messages_delivered=17, journal_commits=9, rss_bytes=150 * 2**20, uptime_s=4.0,
+        memory=_memory_stats(),
     )  # fmt: skip
     stats = msgspec.structs.replace(stats, **changes)
     models = (ModelLine("default", 40, 4000, 200, 46.0, 50.0),)

@@ -45,6 +45,7 @@ from avm.errors import (
 )
 from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
+from avm.memory import ContentStore, MemoryBudget, MemoryStats
 from avm.llm.prompts import PromptLibrary
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
@@ -60,7 +61,11 @@ log = logging.getLogger(__name__)
 
 
 class VMStats(msgspec.Struct, frozen=True):
-    """A snapshot of what the VM is doing, for dashboards and ``vm.stats()``."""
+    """A snapshot of what the VM is doing, for dashboards and ``vm.stats()``.
+
+    ``memory`` is the content store's own snapshot: logical and stored bytes per tier, dedup and
+    compression ratios, hits and misses per tier.
+    """
 
     agents: dict[str, int]
     waiting: dict[str, int]
@@ -78,6 +83,7 @@ class VMStats(msgspec.Struct, frozen=True):
     journal_commits: int
     rss_bytes: int
     uptime_s: float
+    memory: MemoryStats
 
 
 class AgentHandle:
@@ -184,6 +190,8 @@ class VM:
         self._processes: dict[str, AgentProcess] = {}
         self._counters: dict[str, Iterator[int]] = {}
         self.ledger = GasLedger(self._accounts)
+        #: Content-addressed memory (avm.memory): shared bytes held once, under the budget.
+        self.memory: ContentStore | None = None
         self._rt: Runtime | None = None
         self._orphans: dict[str, list[AgentRecord]] = {}
         self._started_at = 0.0
@@ -313,6 +321,11 @@ class VM:
         )
         if self.keys is not None:
             self.keys.definition_of = self._definition_of
+        self.memory = ContentStore(
+            state_dir,
+            budget=None if self.config.memory is None else MemoryBudget.of(self.config.memory),
+            durability=self.config.durability,
+        )
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
         if self.config.recover:
@@ -374,6 +387,9 @@ class VM:
         await self.models.aclose()
         rt.sql.close()
         await rt.store.aclose()
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
         self._rt = None
         log.info("VM stopped")
 
@@ -642,7 +658,13 @@ class VM:
             journal_commits=getattr(rt.store, "commits", 0),
             rss_bytes=psutil.Process().memory_info().rss,
             uptime_s=now - self._started_at,
+            memory=self._content().stats(),
         )
+
+    def _content(self) -> ContentStore:
+        if self.memory is None:
+            raise VMStateError("the VM is not started: use 'async with vm:' or 'await vm.start()'")
+        return self.memory
 
     def agent_count(self, state: Literal["live", "all"] = "live") -> int:
         if state == "all":

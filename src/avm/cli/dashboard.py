@@ -303,6 +303,12 @@ def _activity_panel(snap: Snapshot) -> Panel:
     table.add_row("messages", _int(s.messages_delivered))
     table.add_row("journal commits", _int(s.journal_commits))
     table.add_row("memory (RSS)", _mib(s.rss_bytes))
+    m = s.memory
+    table.add_row(
+        "content store",
+        f"{_mib(m.ram_bytes)} RAM, {_mib(m.cold.stored_bytes)} disk, "
+        f"dedup {m.dedup_ratio:,.1f}×, zstd {m.compression_ratio:,.1f}×",
+    )
     return Panel(table, title="activity", box=box.ROUNDED)
 
 
