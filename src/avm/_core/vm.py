@@ -45,11 +45,11 @@ from avm.errors import (
 )
 from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
-from avm.memory import ContentStore, MemoryBudget, MemoryStats
 from avm.llm.prompts import PromptLibrary
+from avm.memory import ContentStore, MemoryBudget, MemoryStats
+from avm.storage import open_store
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
-from avm.storage import open_store
 from avm.swarm.bus import HOST, SwarmBus
 from avm.swarm.durable import StoreMessageLog
 from avm.swarm.mailbox import Envelope, Mailbox

@@ -109,11 +109,10 @@ class PostgresStateStore:
         settings = {"synchronous_commit": "on" if durability == "durable" else "off"}
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=4, server_settings=settings)
-            async with pool.acquire() as conn:
-                # Concurrent VMs starting on one database must not race creating the schema.
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(727175)")
-                    await conn.execute(_SCHEMA)
+            # Concurrent VMs starting on one database must not race creating the schema.
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(727175)")
+                await conn.execute(_SCHEMA)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot open the PostgreSQL state store: {exc}") from None
         return cls(pool, durability)
