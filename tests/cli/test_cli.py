@@ -65,7 +65,8 @@ def read_only(db: Path) -> sqlite3.Connection:
 def test_demo_runs_the_fleet_and_keeps_verdicts_in_kv(tmp_path: Path) -> None:
     state = tmp_path / "state"
     proc = avm_cli(
-        "demo", "--agents", "30", "--ticks", "2", "--interval", "0.2",
+        "demo", "--agents", "30", "--ticks", "2", "--interval", "0.2", "--model", "fake",
+        "--tokens", "0",
         "--no-dashboard", "--state-dir", str(state),
         cwd=tmp_path,
     )  # fmt: skip
@@ -340,7 +341,10 @@ def test_summary_lists_gas_per_instruction_and_failures() -> None:
 
 
 async def test_portfolio_workflow_end_to_end(tmp_path: Path) -> None:
-    config = PortfolioConfig(agents=20, ticks=2, interval_s=0.1, state_dir=tmp_path, lean_every=5)
+    config = PortfolioConfig(
+        agents=20, ticks=2, interval_s=0.1, state_dir=tmp_path, lean_every=5, model="fake",
+        tokens=0,
+    )  # fmt: skip
     result = await run_portfolio(config)
 
     assert result.ok
@@ -401,3 +405,18 @@ def test_analyst_reply_reads_the_news() -> None:
     assert verdict_for(bullish) == "BUY"
     assert verdict_for(bearish) == "SELL"
     assert parse_verdict("I am not sure") == ("HOLD", 0)
+
+
+async def test_demo_on_the_local_model_shares_calls(tmp_path: Path) -> None:
+    """The default demo path: SmolLM2 in-process; watchers of one token share one call."""
+    config = PortfolioConfig(
+        agents=8, ticks=1, interval_s=0.1, state_dir=tmp_path, lean_every=0, tokens=2, checks=1,
+    )  # fmt: skip
+    result = await run_portfolio(config)
+    assert result.watchers_done == 8
+    assert result.verdicts_seen == 8
+    assert result.model_calls == 8  # every agent got its answer,
+    # but only one call per token reached the model: answers shared through the I/O manager
+    # carry no usage, so at most 2 calls' worth of output tokens (max_tokens=32) were made.
+    assert 0 < result.tokens_out <= 2 * 32
+    assert sum(result.tallies.values()) == 8

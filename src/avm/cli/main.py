@@ -70,7 +70,7 @@ from rich.table import Table
 import avm
 from avm.cli import history, secrets, templates
 from avm.cli.dashboard import Dashboard, RunSummary, Snapshot, render_summary
-from avm.demo.portfolio import FAKE_BACKEND, PortfolioConfig, PortfolioResult, run_portfolio
+from avm.demo.portfolio import PortfolioConfig, PortfolioResult, run_portfolio
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main"]
 
@@ -177,8 +177,15 @@ def demo(
         Literal["durable", "relaxed"],
         typer.Option(help="durable: effects wait for their journal commit; relaxed: they don't."),
     ] = "durable",
+    model: Annotated[
+        Literal["local", "fake"],
+        typer.Option(help="local: SmolLM2 on llama.cpp in-process; fake: a fake HTTP server."),
+    ] = "local",
+    tokens: Annotated[
+        int, typer.Option(min=0, help="Distinct tokens the watchers follow (0: one each).")
+    ] = 24,
 ) -> None:
-    """Run the portfolio-watcher swarm on a fake model server: no network, no keys."""
+    """Run the portfolio-watcher swarm on the local model: no network, no keys."""
     console = Console()
     with _errors_as_messages():
         directory = state_dir or Path(tempfile.mkdtemp(prefix="avm-demo-"))
@@ -188,11 +195,13 @@ def demo(
             interval_s=interval,
             state_dir=directory,
             durability=durability,
+            model=model,
+            tokens=tokens,
         )
         console.print(
             f"avm demo: {agents:,} watchers × {ticks} ticks every {interval:g} s, "
             f"{config.risk_desks} risk desks, a coordinator; state in {directory}\n"
-            f"{FAKE_BACKEND}",
+            f"{config.backend}",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -203,7 +212,7 @@ def demo(
             dashboard = Dashboard(
                 vm,
                 title=f"AVM portfolio demo · {agents:,} watchers",
-                backend=FAKE_BACKEND,
+                backend=config.backend,
                 live=False if no_dashboard else None,
                 console=console,
             )

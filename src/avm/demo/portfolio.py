@@ -47,6 +47,7 @@ from avm.testing import FakeOpenAIServer
 __all__ = [
     "ANALYST_PROMPT",
     "FAKE_BACKEND",
+    "LOCAL_BACKEND",
     "VERDICTS",
     "OrderBook",
     "PortfolioConfig",
@@ -64,9 +65,11 @@ __all__ = [
     "watcher",
 ]
 
-FAKE_BACKEND: Final = (
-    "model: fake OpenAI-compatible server (in-process, loopback HTTP); "
-    "the local SmolLM2 model arrives with the I/O manager"
+FAKE_BACKEND: Final = "model: fake OpenAI-compatible server (in-process, loopback HTTP)"
+LOCAL_BACKEND: Final = (
+    "model: SmolLM2-135M-Instruct on llama.cpp in this process (batched decoding, shared "
+    "prefix); watchers of the same token ask the same question, so the I/O manager makes one "
+    "call for them"
 )
 
 Monitor = Callable[[avm.VM], AbstractAsyncContextManager[Any]]
@@ -181,12 +184,23 @@ def analyst_reply(body: dict[str, Any]) -> str:
     return f"{verdict} conviction={conviction}: {drivers}; price {change:+.1f}%"
 
 
+_ACTION_WORD = re.compile(r"\b(buy|sell|hold)", re.IGNORECASE)
+
+
 def parse_verdict(text: str) -> tuple[str, int]:
-    """The verdict and conviction in a model's answer; anything unreadable is a weak HOLD."""
+    """The verdict and conviction in a model's answer.
+
+    A model that kept to the requested line gives both; a small model that answers in prose
+    ("the next action is to hold") gives the first action word it used, at the lowest
+    conviction; anything else is a weak HOLD.
+    """
     match = _VERDICT_LINE.match(text)
-    if match is None:
-        return "HOLD", 0
-    return match.group(1), int(match.group(2) or 1)
+    if match is not None:
+        return match.group(1), int(match.group(2) or 1)
+    word = _ACTION_WORD.search(text)
+    if word is not None:
+        return word.group(1).upper(), 1
+    return "HOLD", 0
 
 
 class OrderBook:
@@ -220,6 +234,8 @@ class PortfolioConfig:
     state_dir: Path | None = None  # None: a fresh temporary directory, removed afterwards
     durability: Literal["durable", "relaxed"] = "durable"
     base_url: str | None = None  # None: start the in-process fake model server
+    model: Literal["local", "fake"] = "local"  # the local SmolLM2 model, or the fake server
+    tokens: int = 24  # distinct tokens the watchers follow (0: one per watcher)
     model_latency_s: float = 0.05
     news_latency_s: float = 0.005
     risk_desks: int = 3
@@ -243,6 +259,13 @@ class PortfolioConfig:
     @property
     def expected_verdicts(self) -> int:
         return self.agents * self.ticks
+
+    @property
+    def backend(self) -> str:
+        return LOCAL_BACKEND if self.model == "local" and self.base_url is None else FAKE_BACKEND
+
+    def token_of(self, index: int) -> str:
+        return ticker(index % self.tokens if self.tokens > 0 else index)
 
 
 @dataclass(slots=True)
@@ -416,7 +439,10 @@ def build_vm(config: PortfolioConfig, state_dir: Path, base_url: str, book: Orde
     vm.tool("orders", kind="write", description="Place an order on the exchange")(book.place)
     vm.prompts.add("analyst", ANALYST_PROMPT)
     # Prices are gas per token, in the same spirit as a provider's price per 1k tokens.
-    vm.model("default", "openai:fake-gpt", base_url=base_url, price_in=0.01, price_out=0.03)
+    if base_url == _LOCAL:
+        vm.model("default", "local:smollm2-135m-instruct", price_in=0.01, price_out=0.03)
+    else:
+        vm.model("default", "openai:fake-gpt", base_url=base_url, price_in=0.01, price_out=0.03)
 
     # Each kind is granted exactly what it uses: the coordinator and desks only talk.
     vm.agent(
@@ -431,10 +457,16 @@ def build_vm(config: PortfolioConfig, state_dir: Path, base_url: str, book: Orde
     return vm
 
 
+_LOCAL = "local:"  # the endpoint marker for the in-process local model
+
+
 @contextlib.asynccontextmanager
 async def _model_endpoint(config: PortfolioConfig) -> AsyncIterator[str]:
     if config.base_url is not None:
         yield config.base_url
+        return
+    if config.model == "local":
+        yield _LOCAL
         return
     server = FakeOpenAIServer(
         latency_s=config.model_latency_s, responder=analyst_reply, record_limit=0
@@ -551,7 +583,7 @@ async def _run_fleet(vm: avm.VM, config: PortfolioConfig) -> tuple[list[Any], di
             vm.spawn(
                 "watcher",
                 budget=config.lean_budget if lean else None,
-                token=ticker(i),
+                token=config.token_of(i),
                 ticks=config.ticks,
                 interval_s=config.interval_s,
             )

