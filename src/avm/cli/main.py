@@ -303,10 +303,16 @@ def _where(exc: BaseException, path: Path) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
+LOCAL_DEFAULT_MODEL: Final = "local:smollm2-135m-instruct"
+
+
 def _find_vm(module: ModuleType, path: Path) -> avm.VM:
     vm = getattr(module, "vm", None)
     if not isinstance(vm, avm.VM):
         raise CliError(f"{path} must define 'vm = avm.VM(...)' at module level")
+    if "default" not in vm.models:
+        # No network and no keys needed: the local model answers for "default".
+        vm.model("default", LOCAL_DEFAULT_MODEL)
     return vm
 
 
