@@ -234,9 +234,6 @@ async def test_unknown_model(vm: avm.VM) -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda ctx: ctx.load_model("llama"),
-        lambda ctx: ctx.map_model_call("m", [1]),
-        lambda ctx: ctx.reduce_model_call("concat", [1]),
         lambda ctx: ctx.allocate_gpu(0, 10),
         lambda ctx: ctx.release_gpu(),
         lambda ctx: ctx.list_gpus(),

@@ -38,7 +38,7 @@ def test_context_has_a_method_per_instruction() -> None:
         (Op.WAIT, (True,), "must be int or float, got bool"),
         (Op.KV_STORE, ("", 1), "'key' must not be empty"),
         (Op.SCHEDULE_TASK, ("t", 0), "'interval_s' must be positive"),
-        (Op.RUN_MODEL, ("m", "hi", 0, None, None), "'max_tokens' must be positive"),
+        (Op.RUN_MODEL, ("m", "hi", 0, None, None, None, None), "'max_tokens' must be positive"),
         (Op.KV_FETCH, (), "KV_FETCH takes 1 arguments (key), got 0"),
     ],
 )
@@ -56,7 +56,4 @@ def test_bind_named_arguments() -> None:
 
 def test_unavailable_instructions_are_marked() -> None:
     unavailable = {op for op, spec in INSTRUCTIONS.items() if not spec.available}
-    assert unavailable == {
-        Op.LOAD_MODEL, Op.MAP_MODEL_CALL, Op.REDUCE_MODEL_CALL,
-        Op.ALLOCATE_GPU, Op.RELEASE_GPU, Op.LIST_GPUS, Op.CHECK_GPU_LOAD,
-    }  # fmt: skip
+    assert unavailable == {Op.ALLOCATE_GPU, Op.RELEASE_GPU, Op.LIST_GPUS, Op.CHECK_GPU_LOAD}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from avm._core.host.models import MapItem, ModelInfo
 from avm._core.interpreter import execute
 from avm._core.isa import Op
 from avm.llm.prompts import Prompt
@@ -89,9 +90,9 @@ class Context:
         """LOAD_PROMPT: a registered prompt."""
         return cast(Prompt, await self._x(Op.LOAD_PROMPT, prompt_id))
 
-    async def load_model(self, model_id: str) -> Any:
-        """LOAD_MODEL: warm a local model."""
-        return await self._x(Op.LOAD_MODEL, model_id)
+    async def load_model(self, model_id: str) -> ModelInfo:
+        """LOAD_MODEL: warm a model; a local model loads its weights (gas by their size)."""
+        return cast(ModelInfo, await self._x(Op.LOAD_MODEL, model_id))
 
     async def run_model(
         self,
@@ -116,12 +117,18 @@ class Context:
         )
         return cast(ModelReply, reply)
 
-    async def map_model_call(self, model: str, dataset: Sequence[Any]) -> list[Any]:
-        """MAP_MODEL_CALL: run a model over every item of ``dataset``."""
-        return cast(list[Any], await self._x(Op.MAP_MODEL_CALL, model, list(dataset)))
+    async def map_model_call(
+        self, model: str, dataset: Sequence[Any], *, max_tokens: int | None = None
+    ) -> list[MapItem]:
+        """MAP_MODEL_CALL: run ``model`` over every item (a prompt or a message list), in
+        parallel; results come back in dataset order, each ``ok`` with its text or not with
+        its error."""
+        items = await self._x(Op.MAP_MODEL_CALL, model, list(dataset), max_tokens)
+        return cast(list[MapItem], items)
 
     async def reduce_model_call(self, agg_type: str, results: Sequence[Any]) -> Any:
-        """REDUCE_MODEL_CALL: aggregate results."""
+        """REDUCE_MODEL_CALL: aggregate results: ``concat``, ``vote``, ``count``,
+        ``summarize`` (or ``summarize:MODEL``), or a reducer registered with ``vm.reducer``."""
         return await self._x(Op.REDUCE_MODEL_CALL, agg_type, list(results))
 
     # -- swarm -------------------------------------------------------------------------------

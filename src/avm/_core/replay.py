@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from avm import errors
+from avm._core.host.models import MapItem, ModelInfo
 from avm._core.host.time import ScheduleTick, restore_schedule
 from avm._core.isa import Op
 from avm._core.journal import EntryStatus, JournalEntry, digest_args
@@ -44,6 +45,8 @@ _RESULT_TYPES: dict[Op, Any] = {
     Op.GET_TOOLS_LIST: list[ToolInfo],
     Op.SQL_EXECUTE: SqlResult,
     Op.SCHEDULE_TASK: ScheduleTick,
+    Op.LOAD_MODEL: ModelInfo,
+    Op.MAP_MODEL_CALL: list[MapItem],
 }
 _decoders = {op: msgspec.msgpack.Decoder(t) for op, t in _RESULT_TYPES.items()}
 _plain = msgspec.msgpack.Decoder()

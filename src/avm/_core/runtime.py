@@ -6,7 +6,9 @@ so they see the engine's parts (store, swarm, timers, linker...) but not its pub
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from avm._core.gas import GasLedger
 from avm._core.metrics import RateMeter
@@ -44,3 +46,5 @@ class Runtime:
     model_requests: RateMeter
     recovery: RecoveryGate
     keys: KeyManager | None = None  # secrets and their redactor, when the VM has any
+    # REDUCE_MODEL_CALL's user aggregations, by name: values -> aggregate (may be async)
+    reducers: dict[str, Callable[[list[Any]], Any]] = field(default_factory=dict)

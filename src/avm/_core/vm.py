@@ -59,6 +59,8 @@ __all__ = ["VM", "AgentHandle", "VMStats"]
 
 log = logging.getLogger(__name__)
 
+Reducer = Callable[[list[Any]], Any]
+
 
 class VMStats(msgspec.Struct, frozen=True):
     """A snapshot of what the VM is doing, for dashboards and ``vm.stats()``.
@@ -187,6 +189,7 @@ class VM:
         self.prompts = PromptLibrary()
         self.models = ModelLinker()
         self._definitions: dict[str, AgentDefinition] = {}
+        self._reducers: dict[str, Reducer] = {}
         self._processes: dict[str, AgentProcess] = {}
         self._counters: dict[str, Iterator[int]] = {}
         self.ledger = GasLedger(self._accounts)
@@ -271,6 +274,15 @@ class VM:
         """Register an async function as a tool (``kind``: read, write or both)."""
         return self.tools.register(name, kind=kind, description=description, parameters=parameters)
 
+    def reducer(self, name: str) -> Callable[[Reducer], Reducer]:
+        """Register an aggregation for REDUCE_MODEL_CALL: ``fn(values) -> aggregate``."""
+
+        def register(fn: Reducer) -> Reducer:
+            self._reducers[name] = fn
+            return fn
+
+        return register
+
     def model(self, name: str, config: ModelConfig | str, **kwargs: Any) -> None:
         """Name a model agents can call, e.g. ``vm.model("default", "openai:gpt-4o-mini",
         base_url=...)``; extra keywords are :class:`ModelConfig` fields."""
@@ -318,6 +330,7 @@ class VM:
             model_requests=RateMeter(),
             recovery=RecoveryGate(),
             keys=self.keys,
+            reducers=self._reducers,
         )
         if self.keys is not None:
             self.keys.definition_of = self._definition_of

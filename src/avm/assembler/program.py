@@ -121,12 +121,12 @@ class _Links:
         # Names are looked up only when they are strings: any other value goes on to the
         # pipeline, whose argument check refuses it with the usual message.
         if op is Op.RUN_MODEL:
-            model, value, max_tokens, temperature, tools = args
+            model, value, max_tokens, temperature, tools, *rest = args
             if isinstance(tools, list | tuple):
                 tools = [self.tool_arg(item) for item in tools]
             if isinstance(model, str):
                 model = self.models.get(model, model)
-            return (model, value, max_tokens, temperature, tools)
+            return (model, value, max_tokens, temperature, tools, *rest)
         if op is Op.LOAD_PROMPT:
             prompt = args[0]
             return (self.prompts.get(prompt, prompt) if isinstance(prompt, str) else prompt,)
@@ -244,7 +244,15 @@ class _React(_Step):
         model = self.links.models.get(model, model)
         reply: ModelReply | None = None
         for turn in range(self.max_turns):
-            args = (model, list(messages), max_tokens, temperature, self.specs)
+            args = INSTRUCTIONS[Op.RUN_MODEL].bind(
+                {
+                    "model": model,
+                    "input": list(messages),
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "tools": self.specs,
+                }
+            )
             reply = await execute(run.rt, run.proc, Op.RUN_MODEL, args)
             if not reply.tool_calls or turn == self.max_turns - 1:
                 break

@@ -33,6 +33,7 @@ _REFERENCE: Final = {"type": "string", "pattern": r"^\$\{[^}]+\}$"}
 _NAME: Final = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"}
 _STEPS: Final = {"$ref": "#/$defs/steps"}
 _JSON_TYPES: Final[dict[type, str]] = {
+    bool: "boolean",
     str: "string",
     int: "integer",
     float: "number",

@@ -109,6 +109,10 @@ class ModelLinker:
             )
         return linked
 
+    def raw(self, name: str) -> ModelProvider:
+        """A model's provider without the I/O manager's wrappers (to load weights, say)."""
+        return self._raw_provider(name)
+
     def _raw_provider(self, name: str) -> ModelProvider:
         """The unwrapped provider of a model: given, or built once per endpoint."""
         given = self._raw.get(name)
