@@ -16,17 +16,24 @@ pay is withheld and re-performed after the top-up, so a budget is never overspen
 
 State and external effects wait for their journal entry to be durable before returning (in
 ``durable`` mode); reads and waits do not, because any later durable entry commits them too.
+
+Every agent runs this code for every instruction, so it is written for speed: what the
+instruction table says about an opcode is resolved once into a :class:`_Plan` (host functions,
+effect flags, a validator specialised to the opcode's parameters); agents with an unlimited
+budget skip the reservation; and the journal entry is hashed without intermediate objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import types
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from avm._core.gas import to_gas
-from avm._core.host import NeedsGas, hosts
-from avm._core.isa import INSTRUCTIONS, Effect, Op
+from avm._core.host import Host, NeedsGas, free, hosts, passthrough
+from avm._core.isa import INSTRUCTIONS, Effect, InstructionSpec, Op, Param
 from avm._core.journal import (
     EntryFlag,
     EntryStatus,
@@ -45,8 +52,101 @@ __all__ = ["execute"]
 
 log = logging.getLogger(__name__)
 
+_OK = EntryStatus.OK
+_ERROR = EntryStatus.ERROR
+_AFTER_CRASH = int(EntryFlag.AFTER_CRASH)
+_NIL = encode_value(None)  # what most state instructions return, encoded once
+_RUNNING = AgentState.RUNNING
+_WAITING = AgentState.WAITING
+_READY = AgentState.READY
+_STORAGE = WaitReason.STORAGE
+# Instructions an agent may complete in a row without passing through the event loop (see
+# _resume): a millisecond or two of work, like a BEAM process's reduction budget.
+_YIELD_EVERY = 100
+
+Validator = Callable[[tuple[Any, ...]], None]
+
+
+def _validator(spec: InstructionSpec) -> Validator:
+    """A check of ``spec``'s arguments that settles the common case in a few type lookups.
+
+    A value whose exact type is one the parameter names (never a bool standing in for a
+    number) only runs the parameter's value check; anything else (a subclass, a wrong type,
+    a missing argument, a failed check) goes to ``spec.validate``, which accepts it or raises
+    the full explanation. So the fast path accepts only what ``spec.validate`` accepts.
+    """
+    arity = len(spec.params)
+    fields = tuple((index, *_exact(param)) for index, param in enumerate(spec.params))
+    slow = spec.validate
+
+    def validate(args: tuple[Any, ...]) -> None:
+        if len(args) != arity:
+            slow(args)
+            return
+        # Indexing, not zip(): zip's strict keyword alone costs more than the whole check.
+        for index, exact, check, optional in fields:
+            value = args[index]
+            if value is None:
+                if optional:
+                    continue
+            elif (exact is None or type(value) in exact) and (
+                check is None or check(value) is None
+            ):
+                continue
+            slow(args)
+            return
+
+    return validate
+
+
+def _exact(
+    param: Param,
+) -> tuple[frozenset[type] | None, Callable[[Any], str | None] | None, bool]:
+    if object in param.types:
+        return None, param.check, param.optional  # any value but None
+    # Exact types only: a bool's type is bool, so it passes only where bool itself is named.
+    return frozenset(param.types), param.check, param.optional
+
+
+class _Plan:
+    """One opcode, resolved from the instruction table and the host table at import time."""
+
+    __slots__ = (
+        "available",
+        "is_read",
+        "perform",
+        "prepare",
+        "reserve",
+        "synced",
+        "validate",
+        "waits_on",
+    )
+
+    def __init__(self, spec: InstructionSpec) -> None:
+        host = _HOSTS.get(spec.op)
+        if host is None:
+            if spec.available:
+                raise RuntimeError(f"{spec.op} is marked available but has no host function")
+            host = _UNAVAILABLE  # never reached: the pipeline refuses the opcode first
+        self.available = spec.available
+        self.validate = _validator(spec)
+        self.prepare: Callable[[Runtime, AgentProcess, tuple[Any, ...]], Any] = host.prepare
+        self.reserve: Callable[[Runtime, AgentProcess, Any], int] = host.reserve
+        self.perform: Callable[[Runtime, AgentProcess, Any, int], Awaitable[tuple[Any, int]]] = (
+            host.perform
+        )
+        self.waits_on = spec.waits_on
+        self.is_read = spec.effect is Effect.READ
+        self.synced = spec.effect is Effect.STATE or spec.effect is Effect.EXTERNAL
+
+
+async def _not_performed(rt: Runtime, proc: AgentProcess, prepared: Any, step: int) -> Any:
+    raise NotAvailable("this instruction is not available")
+
+
 _HOSTS = hosts()
-_SYNCED = frozenset({Effect.STATE, Effect.EXTERNAL})
+_UNAVAILABLE = Host(passthrough, free, _not_performed)
+_PLANS = {op: _Plan(spec) for op, spec in INSTRUCTIONS.items()}
 
 
 async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> Any:
@@ -54,66 +154,79 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     if proc.replay is not None or proc.resume_state is not None:
         return replay(rt, proc, op, args)
     if rt.recovery.closed:
-        await rt.recovery.wait()
-    spec = INSTRUCTIONS[op]
+        await _wait_for_recovery(rt, proc)
+    plan = _PLANS[op]
     step = proc.step
     proc.step = step + 1
-    if spec.waits_on is not None:
-        _give_up_slot(rt, proc)
+    scheduler = rt.scheduler
+    waits_on = plan.waits_on
+    if waits_on is not None and proc.holds_slot:
+        proc.holds_slot = False
+        scheduler.release()
+    gas = proc.gas
     reserved = 0
     try:
-        if not spec.available:
+        if not plan.available:
             raise NotAvailable(f"{op} is not available yet in this version of AVM")
-        spec.validate(args)
-        host = _HOSTS[op]
-        prepared = host.prepare(rt, proc, args)
+        plan.validate(args)
+        prepared = plan.prepare(rt, proc, args)
         while True:
-            reserved = host.reserve(rt, proc, prepared)
-            if not proc.gas.reserve(reserved):
-                await _park_out_of_gas(rt, proc, reserved)
-                continue
-            if spec.waits_on is not None:
-                rt.scheduler.move(proc, AgentState.WAITING, spec.waits_on)
+            # An unlimited budget needs no reservation: nothing can be refused.
+            if gas.budget is not None:
+                reserved = plan.reserve(rt, proc, prepared)
+                if not gas.reserve(reserved):
+                    await _park_out_of_gas(rt, proc, reserved)
+                    continue
+            if waits_on is not None:
+                scheduler.move(proc, _WAITING, waits_on)
             try:
-                result, cost = await host.perform(rt, proc, prepared, step)
+                result, cost = await plan.perform(rt, proc, prepared, step)
             except NeedsGas as need:
-                proc.gas.release(reserved)
+                gas.release(reserved)
                 reserved = 0
                 await _park_out_of_gas(rt, proc, need.mgas)
                 continue
             if (
                 cost > reserved
-                and spec.effect is Effect.READ
-                and not proc.gas.covers(cost - reserved)
+                and plan.is_read
+                and gas.budget is not None
+                and not gas.covers(cost - reserved)
             ):
-                proc.gas.release(reserved)
+                gas.release(reserved)
                 reserved = 0
                 await _park_out_of_gas(rt, proc, cost)
                 continue
             break
-        proc.gas.settle(reserved, cost)
+        gas.settle(reserved, cost)
         reserved = 0
-        encoded = encode_value(result)
+        encoded = _NIL if result is None else encode_value(result)
     except InstructionError as err:
-        proc.gas.release(reserved)
+        gas.release(reserved)
         err.locate(proc.id, op, step)
         error = {"error": type(err).__name__, "message": err.message}
-        _journal(rt, proc, step, op, args, EntryStatus.ERROR, encode_value(error), 0)
-        await _resume(rt, proc)
+        _journal(rt, proc, step, op, args, _ERROR, encode_value(error), 0, rt.timers.clock.wall())
+        await _resume(rt, proc, suspended=False)
         raise
     except BaseException:
-        proc.gas.release(reserved)
+        gas.release(reserved)
         raise
-    now = rt.timers.clock.monotonic()
-    rt.instructions.record(now)
+    clock = rt.timers.clock
+    rt.instructions.record(clock.monotonic())
+    wall = clock.wall()
     if cost:
-        rt.ledger.charge(op, cost, rt.timers.clock.wall())
-    _journal(rt, proc, step, op, args, EntryStatus.OK, encoded, cost)
-    if spec.effect in _SYNCED and rt.store.durability == "durable":
-        _give_up_slot(rt, proc)
-        rt.scheduler.move(proc, AgentState.WAITING, WaitReason.STORAGE)
-        await rt.store.sync()
-    await _resume(rt, proc)
+        rt.ledger.charge(op, cost, wall)
+    _journal(rt, proc, step, op, args, _OK, encoded, cost, wall)
+    store = rt.store
+    if plan.synced and store.durability == "durable":
+        if proc.holds_slot:
+            proc.holds_slot = False
+            scheduler.release()
+        if proc.wait_reason is not _STORAGE or proc.state is not _WAITING:
+            scheduler.move(proc, _WAITING, _STORAGE)
+        await store.sync()
+        await _resume(rt, proc, suspended=True)
+    else:
+        await _resume(rt, proc, suspended=False)
     return result
 
 
@@ -126,23 +239,22 @@ def _journal(
     status: EntryStatus,
     result: bytes,
     mgas: int,
+    wall: float,
 ) -> None:
     digest = digest_args(args)
-    wall = rt.timers.clock.wall()
     prev = proc.chain_head
     flags = proc.flags
     if step == proc.recovered_step:
-        flags |= EntryFlag.AFTER_CRASH
+        flags |= _AFTER_CRASH
         proc.recovered_step = None
     proc.flags = 0
-    entry_hash = chain_hash(
-        prev, proc.id, step, op.value, digest, status, result, mgas, wall, flags
+    agent_id = proc.id
+    name = op.value
+    entry_hash = chain_hash(prev, agent_id, step, name, digest, status, result, mgas, wall, flags)
+    entry = JournalEntry(
+        agent_id, step, name, digest, status, result, mgas, wall, prev, entry_hash, flags
     )
-    rt.store.journal_append(
-        JournalEntry(
-            proc.id, step, op.value, digest, status, result, mgas, wall, prev, entry_hash, flags
-        )
-    )
+    rt.store.journal_append(entry)
     proc.chain_head = entry_hash
 
 
@@ -170,29 +282,67 @@ async def _park_out_of_gas(rt: Runtime, proc: AgentProcess, needed: int) -> None
     rt.store.agent_update(proc.id, status="running", spent=proc.gas.spent, budget=proc.gas.budget)
 
 
+async def _wait_for_recovery(rt: Runtime, proc: AgentProcess) -> None:
+    """Wait, without a run slot, until every recovering agent has replayed.
+
+    The agent may hold a slot (a recovered agent's first live instruction comes straight after
+    its replay, which never gives one up). Keeping it while waiting would deadlock as soon as
+    more agents recover than there are slots: the ones still queued for a slot could never
+    replay and open the gate.
+    """
+    _give_up_slot(rt, proc)
+    rt.scheduler.move(proc, _READY)
+    await rt.recovery.wait()
+    await _resume(rt, proc, suspended=True)
+
+
 def _give_up_slot(rt: Runtime, proc: AgentProcess) -> None:
     if proc.holds_slot:
         proc.holds_slot = False
         rt.scheduler.release()
 
 
-async def _resume(rt: Runtime, proc: AgentProcess) -> None:
+@types.coroutine
+def _pass_through_loop() -> Generator[None, None, None]:
+    """``asyncio.sleep(0)`` without its two coroutine frames: a bare yield reschedules the task."""
+    yield
+
+
+async def _resume(rt: Runtime, proc: AgentProcess, *, suspended: bool) -> None:
     """Make sure the agent holds a run slot before it goes back to its own code.
 
     An agent that kept its slot through the instruction still passes through the event loop
     once, so agents that became ready meanwhile can queue; it then yields the slot if an agent
-    of the same or a more urgent class is waiting (round-robin inside a class). Without this,
-    an agent issuing only instructions that never suspend would keep the slot until it ended.
+    of the same or a more urgent class is waiting (round-robin inside a class).
+
+    An agent that gave its slot up for an instruction that may wait takes one back at once if
+    one is free, without passing through the loop: the instructions an agent issues between
+    two suspensions commit in one batch (the store commits only where no agent is between two
+    instructions), and agents written to checkpoint after each message they receive rely on
+    the receive and the save landing together. Such an instruction can complete without
+    waiting, though (storage in relaxed mode, a message already in the mailbox), so after
+    ``_YIELD_EVERY`` of them in a row the agent passes through the loop anyway: an agent looping
+    over them must not keep the loop from everything else.
     """
     scheduler = rt.scheduler
     if proc.holds_slot:
-        await asyncio.sleep(0)
+        await _pass_through_loop()
+        scheduler.unyielded = 0
         if not scheduler.should_yield(proc.priority):
             return
-        _give_up_slot(rt, proc)
+        proc.holds_slot = False
+        scheduler.release()
+    elif suspended:
+        scheduler.unyielded = 0
+    else:
+        unyielded = scheduler.unyielded + 1
+        if unyielded >= _YIELD_EVERY:
+            await _pass_through_loop()
+            unyielded = 0
+        scheduler.unyielded = unyielded
     if not scheduler.try_acquire():
-        scheduler.move(proc, AgentState.READY)
+        scheduler.move(proc, _READY)
         await scheduler.acquire(proc.priority)
     proc.holds_slot = True
-    if proc.state is not AgentState.RUNNING or proc.wait_reason is not None:
-        scheduler.move(proc, AgentState.RUNNING)
+    if proc.state is not _RUNNING or proc.wait_reason is not None:
+        scheduler.move(proc, _RUNNING)

@@ -39,6 +39,9 @@ class Scheduler:
         self._queued = 0
         self.by_state = [0] * len(AgentState)
         self.by_reason = [0] * len(WaitReason)
+        # Instructions completed since an agent last passed through the event loop; only one
+        # agent runs at a time, so this is the running agent's count (see interpreter._resume).
+        self.unyielded = 0
 
     @property
     def queued(self) -> int:
@@ -83,6 +86,9 @@ class Scheduler:
 
     def release(self) -> None:
         """Give a run slot back, handing it straight to the most urgent waiter."""
+        if not self._queued:
+            self._free += 1
+            return
         for queue in self._queues:
             while queue:
                 future = queue.popleft()

@@ -1,20 +1,52 @@
 """The embedded state store: one SQLite database in WAL mode, written with group commit.
 
-All reads and writes run on one connection in the event-loop thread. A write executes at once
-inside an open transaction (so the same connection reads its own writes) and arms a commit for
-the end of the current loop iteration; every write made by every agent in that iteration commits
-in one transaction, with one WAL sync. In ``durable`` mode the WAL is synced on each commit
-(``synchronous=FULL``) and ``sync()`` waits for the commit that covers the caller's writes; in
-``relaxed`` mode commits still batch but nobody waits and the WAL is synced at checkpoints.
+Writes never touch the database when they are made. A KV or execution-state write goes into an
+overlay (the latest value per key, or a deletion), a journal entry into a list, anything else
+(inbox, agent records) into a queue of statements; the writes of every agent pile up there until
+the batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``). So
+the KV write of an instruction and its journal entry always commit together: nothing commits
+between an instruction's writes and its journal entry unless the instruction itself waited in
+between, which is what makes replay exactly-once. Reads see their own writes: KV and state
+reads look in the overlay first, journal heads in a map of the newest entry per agent, inbox
+deduplication in the set of messages queued; the rarer reads (journal entries, gas totals,
+checkpoints, inbox contents, agent records) commit the batch first. The event-loop thread
+therefore only holds a write transaction inside a commit, a few milliseconds.
+
+::
+
+    agents ─► overlay / entries / statements ─► commit (loop) ─► fsync + checkpoint (thread)
+                         ▲                         │                     │
+                         └── batch grows while ────┘◄── wake waiters ────┘
+                             the thread is busy
+
+One background thread does the slow disk work: in ``durable`` mode it fsyncs the WAL after every
+commit (fsync flushes a file's data whichever descriptor wrote it, so commits run with
+``synchronous=NORMAL`` and cost no disk wait on the loop) and wakes the agents waiting in
+``sync()``; in both modes it runs the WAL checkpoints (``wal_autocheckpoint`` is off on the
+loop's connection) on a connection of its own. The loop commits a batch when the thread is idle:
+at the end of the loop iteration that wrote it, or, in ``durable`` mode, as soon as a batch of
+``_EARLY_COMMIT_ROWS`` journal entries is ready, so that the thread syncs one group while the
+loop runs the next (rather than the whole fleet waiting on one fsync in lockstep). While the
+thread is busy, writes keep piling into the next batch, whose commit the thread's completion
+triggers; so there is at most one fsync or checkpoint in flight, and batches grow with the
+disk's latency. No commit runs during a checkpoint, so a checkpoint that copies every frame
+lets the next commit restart the WAL from its beginning, and the file stays small. In
+``relaxed`` mode nobody waits and the WAL reaches the disk at checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from msgspec.structs import astuple
 
 from avm._core.journal import EntryStatus, JournalEntry
 from avm.config import Durability
@@ -38,20 +70,6 @@ CREATE TABLE IF NOT EXISTS agents (
     first_step INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status);
-CREATE TABLE IF NOT EXISTS journal (
-    agent_id    TEXT NOT NULL,
-    step        INTEGER NOT NULL,
-    op          TEXT NOT NULL,
-    args_digest BLOB NOT NULL,
-    status      INTEGER NOT NULL,
-    result      BLOB NOT NULL,
-    gas         INTEGER NOT NULL,
-    wall        REAL NOT NULL,
-    prev_hash   BLOB NOT NULL,
-    hash        BLOB NOT NULL,
-    flags       INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (agent_id, step)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox (
     seq        INTEGER PRIMARY KEY,
     agent_id   TEXT NOT NULL,
@@ -72,116 +90,378 @@ CREATE TABLE IF NOT EXISTS execution_state (
 ) WITHOUT ROWID;
 """
 
+# The journal is appended to in rowid order, with the (agent, step) key in an index: a batch of
+# entries from many agents then fills a few new pages at the table's end and scatters only its
+# small index entries, where a table clustered by (agent, step) rewrites a page per agent (four
+# times the WAL, and twice the commit time, at a thousand agents). Databases made before keep
+# their clustered table; every query works on both.
+_JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    agent_id    TEXT NOT NULL,
+    step        INTEGER NOT NULL,
+    op          TEXT NOT NULL,
+    args_digest BLOB NOT NULL,
+    status      INTEGER NOT NULL,
+    result      BLOB NOT NULL,
+    gas         INTEGER NOT NULL,
+    wall        REAL NOT NULL,
+    prev_hash   BLOB NOT NULL,
+    hash        BLOB NOT NULL,
+    flags       INTEGER NOT NULL DEFAULT 0
+);
+"""
+_JOURNAL_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS journal_by_agent ON journal (agent_id, step)"
+
+_KV_PUT = (
+    "INSERT INTO kv(agent_id, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT(agent_id, key) DO UPDATE SET value = excluded.value"
+)
+_KV_DELETE = "DELETE FROM kv WHERE agent_id = ? AND key = ?"
+_STATE_PUT = (
+    "INSERT INTO execution_state(agent_id, state) VALUES (?, ?) "
+    "ON CONFLICT(agent_id) DO UPDATE SET state = excluded.state"
+)
+_STATE_DELETE = "DELETE FROM execution_state WHERE agent_id = ?"
+_JOURNAL = (
+    "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
+    "prev_hash, hash, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INBOX_PUT = "INSERT OR IGNORE INTO inbox(agent_id, message_id, envelope) VALUES (?, ?, ?)"
+_INBOX_CONSUME = "UPDATE inbox SET consumed = 1 WHERE agent_id = ? AND message_id = ?"
+_AGENT_PUT = (
+    "INSERT INTO agents(agent_id, definition, args, priority, budget, spent, status, "
+    "created, first_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id) DO "
+    "UPDATE SET definition = excluded.definition, args = excluded.args, "
+    "priority = excluded.priority, budget = excluded.budget, spent = excluded.spent, "
+    "status = excluded.status, created = excluded.created, "
+    "first_step = excluded.first_step"
+)
+_AGENT_UPDATE = "UPDATE agents SET status = ?, spent = ?, budget = ? WHERE agent_id = ?"
+_AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+
+# A durable batch commits early once it holds this many journal entries and the disk thread is
+# idle. Small enough that the thread starts syncing while the loop still has most of a large
+# fleet to run; large enough that a commit's fixed costs stay small per entry.
+_EARLY_COMMIT_ROWS = 256
+# Checkpoint once this many rows were committed since the last checkpoint: with the journal's
+# rows spread over many pages, about the 1,000 pages at which SQLite would checkpoint by itself.
+_CHECKPOINT_ROWS = 4096
+
+_STATUS = {int(status): status for status in EntryStatus}
+# sqlite3 binds an int subclass only after looking for an adapter and a __conform__ method; with
+# one registered it finds the first at once, which halves what binding a journal entry costs.
+sqlite3.register_adapter(EntryStatus, int)
+
+
+class _Job:
+    """What the disk thread is asked to do after a commit."""
+
+    __slots__ = ("checkpoint", "fsync", "target")
+
+    def __init__(self, target: int, fsync: bool, checkpoint: bool) -> None:
+        self.target = target
+        self.fsync = fsync
+        self.checkpoint = checkpoint
+
 
 class SqliteStateStore:
     def __init__(self, path: str | Path, durability: Durability = "durable") -> None:
         self.path = Path(path)
         self.durability: Durability = durability
+        self._durable = durability == "durable"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.executescript(
-                "PRAGMA journal_mode=WAL;"
-                f"PRAGMA synchronous={'FULL' if durability == 'durable' else 'NORMAL'};"
-                "PRAGMA busy_timeout=5000;" + _SCHEMA
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; "
+                "PRAGMA wal_autocheckpoint=0;" + _SCHEMA + _JOURNAL_SCHEMA
             )
+            (journal,) = self._db.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'journal'"
+            ).fetchone()
+            if "WITHOUT ROWID" not in journal:
+                self._db.execute(_JOURNAL_INDEX)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open state database {self.path}: {exc}") from None
-        self._in_txn = False
-        self._commit_armed = False
-        self._waiters: list[asyncio.Future[None]] = []
+        # The batch being written: nothing of it is in the database until it commits.
+        self._kv: dict[tuple[str, str], bytes | None] = {}  # None: deleted
+        self._state: dict[str, bytes | None] = {}
+        self._journal: list[JournalEntry] = []
+        self._heads: dict[str, tuple[int, bytes]] = {}
+        self._statements: list[tuple[str, tuple[object, ...]]] = []
+        self._inbox_new: set[tuple[str, str]] = set()
+        self._dirty = False  # the batch holds writes
+        self._armed = False  # a commit is scheduled for the end of this loop iteration
         self._closed = False
         self.commits = 0
+        self.fsyncs = 0
+        self._rows_since_checkpoint = 0
+        # Durability: batches are numbered as they commit; a waiter wants the fsync that covers
+        # a given batch number.
+        self._synced = 0
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        # The disk thread: at most one job at a time; ``_busy`` is set by the loop when it hands
+        # a job over and cleared by the thread when the job is done.
+        self._busy = False
+        self._job: _Job | None = None
+        self._stopping = False
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wal_fd: int | None = None
+        self._checkpointer: sqlite3.Connection | None = None
 
-    # -- group commit ------------------------------------------------------------------------
+    # -- the batch ---------------------------------------------------------------------------
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+    def _touch(self) -> None:
+        """Note that the batch holds writes; commit it at the end of this loop iteration."""
+        if self._dirty:
+            return
         if self._closed:
             raise VMStateError("the state store is closed")
-        if not self._in_txn:
-            self._db.execute("BEGIN")
-            self._in_txn = True
-        try:
-            self._db.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise StorageError(f"state database write failed: {exc}") from None
-        if not self._commit_armed:
-            self._commit_armed = True
-            asyncio.get_running_loop().call_soon(self._commit)
+        self._dirty = True
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._end_of_iteration)
+
+    def _queue(self, sql: str, params: tuple[object, ...]) -> None:
+        self._touch()
+        self._statements.append((sql, params))
+
+    def _end_of_iteration(self) -> None:
+        self._armed = False
+        if self._dirty and not self._busy:
+            self._commit()
 
     def _commit(self) -> None:
-        self._commit_armed = False
-        waiters, self._waiters = self._waiters, []
-        error: Exception | None = None
-        if self._in_txn:
+        """Write the batch in one transaction, then hand the disk work to the thread."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        kv, self._kv = self._kv, {}
+        state, self._state = self._state, {}
+        journal, self._journal = self._journal, []
+        statements, self._statements = self._statements, []
+        self._heads = {}
+        self._inbox_new = set()
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if kv:
+                db.executemany(_KV_PUT, [(a, k, v) for (a, k), v in kv.items() if v is not None])
+                db.executemany(_KV_DELETE, [key for key, v in kv.items() if v is None])
+            if state:
+                db.executemany(_STATE_PUT, [(a, s) for a, s in state.items() if s is not None])
+                db.executemany(_STATE_DELETE, [(a,) for a, s in state.items() if s is None])
+            _run_in_order(db, statements)
+            if journal:
+                db.executemany(_JOURNAL, map(astuple, journal))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("state database commit failed: %s", exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._fail(self.commits + 1, StorageError(f"state database commit failed: {exc}"))
+            return
+        self.commits += 1
+        self._rows_since_checkpoint += len(kv) + len(state) + len(statements) + len(journal)
+        checkpoint = self._rows_since_checkpoint >= _CHECKPOINT_ROWS
+        if checkpoint:
+            self._rows_since_checkpoint = 0
+        # Only a batch somebody waits for needs its fsync now: one of reads only is covered by
+        # the next fsync, the next checkpoint, or closing.
+        fsync = self._durable and bool(self._waiting)
+        if (fsync or checkpoint) and not self._stopping:
+            self._hand_over(self.commits, fsync, checkpoint)
+
+    # -- the disk thread ---------------------------------------------------------------------
+
+    def _hand_over(self, target: int, fsync: bool, checkpoint: bool) -> None:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._disk_work, name=f"avm-sqlite-{self.path.name}", daemon=True
+            )
+            self._thread.start()
+        with self._wakeup:
+            self._busy = True
+            queued = self._job
+            if queued is not None:  # a read committed while the thread was busy: do both
+                fsync = fsync or queued.fsync
+                checkpoint = checkpoint or queued.checkpoint
+            self._job = _Job(target, fsync, checkpoint)
+            self._wakeup.notify()
+
+    def _disk_work(self) -> None:
+        """The thread's loop: one job at a time, each reported back to the event loop."""
+        while True:
+            with self._wakeup:
+                while self._job is None and not self._stopping:
+                    self._wakeup.wait()
+                job, self._job = self._job, None
+            if job is None:
+                return
+            if job.fsync:
+                try:
+                    self._fsync()
+                except OSError as exc:
+                    self._report(self._fsync_failed, job.target, exc)
+                else:
+                    self._report(self._synced_to, job.target)
+            if job.checkpoint:
+                self._checkpoint()
+            with self._wakeup:
+                self._busy = self._job is not None
+            self._report(self._idle)
+
+    def _report(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # The loop may have closed while we worked: then nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _fsync(self) -> None:
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            directory = os.open(self.path.parent, os.O_RDONLY)
             try:
-                self._db.execute("COMMIT")
-                self.commits += 1
-            except sqlite3.Error as exc:
-                log.error("state database commit failed: %s", exc)
-                error = StorageError(f"state database commit failed: {exc}")
-                self._db.execute("ROLLBACK")
-            self._in_txn = False
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
+                os.fsync(directory)  # the WAL file's own existence must survive a crash too
+            finally:
+                os.close(directory)
+        os.fsync(self._wal_fd)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database on the thread's own connection, without blocking.
+
+        A PASSIVE checkpoint takes no lock that the loop's commits need; the loop commits
+        nothing while it runs, so it usually copies every frame and the WAL restarts.
+        """
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._checkpointer.executescript(
+                    "PRAGMA busy_timeout=5000; PRAGMA synchronous=NORMAL;"
+                )
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpoint of %s failed (the WAL will grow): %s", self.path, exc)
+
+    def _synced_to(self, target: int) -> None:
+        self.fsyncs += 1
+        self._synced = max(self._synced, target)
+        for number in sorted(n for n in self._waiting if n <= target):
+            for waiter in self._waiting.pop(number):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _fsync_failed(self, target: int, exc: OSError) -> None:
+        error = StorageError(f"cannot sync the state database to disk: {exc}")
+        for number in sorted(n for n in self._waiting if n <= target):
+            for waiter in self._waiting.pop(number):
+                if not waiter.done():
+                    waiter.set_exception(error)
+
+    def _idle(self) -> None:
+        """The thread is done: commit what piled up meanwhile, or sync what waiters still want."""
+        if self._busy or self._closed:
+            return
+        if self._dirty:
+            self._commit()
+        elif self._waiting and self._synced < self.commits:
+            self._hand_over(self.commits, True, False)
+
+    def _fail(self, number: int, error: Exception) -> None:
+        for waiter in self._waiting.pop(number, []):
+            if not waiter.done():
                 waiter.set_exception(error)
 
     async def sync(self) -> None:
-        if self.durability == "relaxed" or not self._in_txn:
+        if not self._durable:
+            return
+        # The caller suspends right after this, so its instructions since it last suspended
+        # are all in the batch: committing here splits no agent's run of instructions, just as
+        # a commit from a loop callback does not.
+        if self._dirty and not self._busy and len(self._journal) >= _EARLY_COMMIT_ROWS:
+            self._commit()
+        wanted = self.commits + 1 if self._dirty else self.commits
+        if self._synced >= wanted:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        waiting = self._waiting.get(wanted)
+        if waiting is None:
+            self._waiting[wanted] = [waiter]
+        else:
+            waiting.append(waiter)
+        if wanted == self.commits and not self._busy:  # committed, but nobody asked for an fsync
+            self._hand_over(wanted, True, False)
         await waiter
 
     def flush(self) -> None:
-        """Commit the open batch now (used when stopping)."""
-        if self._in_txn:
-            self._commit()
+        """Commit the batch now and, in durable mode, sync it (used when stopping)."""
+        self._commit()
+        if self._durable and self._synced < self.commits:
+            self._fsync()
+            self._synced_to(self.commits)
 
     def close(self) -> None:
         """Commit what is pending and close the database."""
         if self._closed:
             return
+        # The thread finishes what it was given first, so that nothing else uses its connection
+        # or the WAL descriptor while the last batch commits and syncs here.
+        if self._thread is not None:
+            with self._wakeup:
+                self._stopping = True
+                self._wakeup.notify()
+            self._thread.join()
+        self._stopping = True
         self.flush()
         self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._db.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
 
     async def aclose(self) -> None:
         self.close()
 
+    def _commit_for_read(self) -> None:
+        """Reads of whole histories see the batch by committing it first."""
+        if self._dirty:
+            self._commit()
+
     # -- KV and execution state --------------------------------------------------------------
 
     def kv_put(self, agent_id: str, key: str, value: bytes) -> None:
-        self._write(
-            "INSERT INTO kv(agent_id, key, value) VALUES (?, ?, ?) "
-            "ON CONFLICT(agent_id, key) DO UPDATE SET value = excluded.value",
-            (agent_id, key, value),
-        )
+        self._touch()
+        self._kv[agent_id, key] = value
 
     def kv_delete(self, agent_id: str, key: str) -> None:
-        self._write("DELETE FROM kv WHERE agent_id = ? AND key = ?", (agent_id, key))
+        self._touch()
+        self._kv[agent_id, key] = None
 
     async def kv_get(self, agent_id: str, key: str) -> bytes | None:
+        pending = self._kv
+        if pending and (agent_id, key) in pending:
+            return pending[agent_id, key]
         row = self._db.execute(
             "SELECT value FROM kv WHERE agent_id = ? AND key = ?", (agent_id, key)
         ).fetchone()
         return None if row is None else bytes(row[0])
 
     def state_put(self, agent_id: str, state: bytes | None) -> None:
-        if state is None:
-            self._write("DELETE FROM execution_state WHERE agent_id = ?", (agent_id,))
-        else:
-            self._write(
-                "INSERT INTO execution_state(agent_id, state) VALUES (?, ?) "
-                "ON CONFLICT(agent_id) DO UPDATE SET state = excluded.state",
-                (agent_id, state),
-            )
+        self._touch()
+        self._state[agent_id] = state
 
     async def state_get(self, agent_id: str) -> bytes | None:
+        pending = self._state
+        if agent_id in pending:
+            return pending[agent_id]
         row = self._db.execute(
             "SELECT state FROM execution_state WHERE agent_id = ?", (agent_id,)
         ).fetchone()
@@ -190,25 +470,15 @@ class SqliteStateStore:
     # -- journal -----------------------------------------------------------------------------
 
     def journal_append(self, entry: JournalEntry) -> None:
-        self._write(
-            "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
-            "prev_hash, hash, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.agent_id,
-                entry.step,
-                entry.op,
-                entry.args_digest,
-                int(entry.status),
-                entry.result,
-                entry.gas,
-                entry.wall,
-                entry.prev_hash,
-                entry.hash,
-                entry.flags,
-            ),
-        )
+        self._touch()
+        journal = self._journal
+        journal.append(entry)
+        self._heads[entry.agent_id] = (entry.step, entry.hash)
 
     async def journal_head(self, agent_id: str) -> tuple[int, bytes] | None:
+        head = self._heads.get(agent_id)
+        if head is not None:
+            return head
         row = self._db.execute(
             "SELECT step, hash FROM journal WHERE agent_id = ? ORDER BY step DESC LIMIT 1",
             (agent_id,),
@@ -216,20 +486,23 @@ class SqliteStateStore:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     async def journal_entries(self, agent_id: str, from_step: int = 0) -> list[JournalEntry]:
+        self._commit_for_read()
         rows = self._db.execute(
             "SELECT agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash, "
             "flags FROM journal WHERE agent_id = ? AND step >= ? ORDER BY step",
             (agent_id, from_step),
         ).fetchall()
+        status = _STATUS
         return [
             JournalEntry(
-                r[0], r[1], r[2], bytes(r[3]), EntryStatus(r[4]), bytes(r[5]), r[6], r[7],
+                r[0], r[1], r[2], bytes(r[3]), status[r[4]], bytes(r[5]), r[6], r[7],
                 bytes(r[8]), bytes(r[9]), r[10],
             )
             for r in rows
         ]  # fmt: skip
 
     async def journal_gas(self, agent_id: str, from_step: int) -> int:
+        self._commit_for_read()
         row = self._db.execute(
             "SELECT coalesce(sum(gas), 0) FROM journal WHERE agent_id = ? AND step >= ?",
             (agent_id, from_step),
@@ -237,6 +510,7 @@ class SqliteStateStore:
         return int(row[0])
 
     async def last_checkpoint(self, agent_id: str, from_step: int) -> int | None:
+        self._commit_for_read()
         row = self._db.execute(
             "SELECT max(step) FROM journal WHERE agent_id = ? AND step >= ? AND status = 0 "
             "AND op IN ('SAVE_EXECUTION_STATE', 'RESET_EXECUTION_STATE')",
@@ -247,20 +521,23 @@ class SqliteStateStore:
     # -- inbox -------------------------------------------------------------------------------
 
     def inbox_put(self, agent_id: str, message_id: str, envelope: bytes) -> bool:
-        before = self._db.total_changes
-        self._write(
-            "INSERT OR IGNORE INTO inbox(agent_id, message_id, envelope) VALUES (?, ?, ?)",
-            (agent_id, message_id, envelope),
-        )
-        return self._db.total_changes > before
+        key = (agent_id, message_id)
+        if key in self._inbox_new:
+            return False
+        row = self._db.execute(
+            "SELECT 1 FROM inbox WHERE agent_id = ? AND message_id = ?", key
+        ).fetchone()
+        if row is not None:
+            return False
+        self._queue(_INBOX_PUT, (agent_id, message_id, envelope))
+        self._inbox_new.add(key)
+        return True
 
     def inbox_consume(self, agent_id: str, message_id: str) -> None:
-        self._write(
-            "UPDATE inbox SET consumed = 1 WHERE agent_id = ? AND message_id = ?",
-            (agent_id, message_id),
-        )
+        self._queue(_INBOX_CONSUME, (agent_id, message_id))
 
     async def inbox_pending(self, agent_id: str) -> list[bytes]:
+        self._commit_for_read()
         rows = self._db.execute(
             "SELECT envelope FROM inbox WHERE agent_id = ? AND consumed = 0 ORDER BY seq",
             (agent_id,),
@@ -270,13 +547,8 @@ class SqliteStateStore:
     # -- agents ------------------------------------------------------------------------------
 
     def agent_put(self, record: AgentRecord) -> None:
-        self._write(
-            "INSERT INTO agents(agent_id, definition, args, priority, budget, spent, status, "
-            "created, first_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id) DO "
-            "UPDATE SET definition = excluded.definition, args = excluded.args, "
-            "priority = excluded.priority, budget = excluded.budget, spent = excluded.spent, "
-            "status = excluded.status, created = excluded.created, "
-            "first_step = excluded.first_step",
+        self._queue(
+            _AGENT_PUT,
             (
                 record.agent_id,
                 record.definition,
@@ -291,14 +563,7 @@ class SqliteStateStore:
         )
 
     def agent_update(self, agent_id: str, *, status: str, spent: int, budget: int | None) -> None:
-        self._write(
-            "UPDATE agents SET status = ?, spent = ?, budget = ? WHERE agent_id = ?",
-            (status, spent, budget, agent_id),
-        )
-
-    _AGENT_COLUMNS = (
-        "agent_id, definition, args, priority, budget, spent, status, created, first_step"
-    )
+        self._queue(_AGENT_UPDATE, (status, spent, budget, agent_id))
 
     @staticmethod
     def _agent(row: Any) -> AgentRecord:
@@ -315,14 +580,28 @@ class SqliteStateStore:
         )
 
     async def agent_get(self, agent_id: str) -> AgentRecord | None:
+        self._commit_for_read()
         row = self._db.execute(
-            f"SELECT {self._AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)
+            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)
         ).fetchone()
         return None if row is None else self._agent(row)
 
     async def agents_unfinished(self) -> list[AgentRecord]:
+        self._commit_for_read()
         rows = self._db.execute(
-            f"SELECT {self._AGENT_COLUMNS} FROM agents "
+            f"SELECT {_AGENT_COLUMNS} FROM agents "
             "WHERE status IN ('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
         ).fetchall()
         return [self._agent(row) for row in rows]
+
+
+def _run_in_order(db: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Execute queued statements in order, each run of the same statement as one executemany."""
+    start = 0
+    while start < len(statements):
+        sql = statements[start][0]
+        end = start + 1
+        while end < len(statements) and statements[end][0] == sql:
+            end += 1
+        db.executemany(sql, [params for _, params in statements[start:end]])
+        start = end

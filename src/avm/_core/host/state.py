@@ -6,7 +6,7 @@ rows owned by the agent, SQL runs on the agent's own database file.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from avm._core.gas import to_mgas
 from avm._core.host import Host, NeedsGas, flat, free, passthrough
@@ -39,9 +39,9 @@ async def _reset_state(rt: Runtime, proc: AgentProcess, args: Any, step: int) ->
     return None, to_mgas(rt.prices.reset_state)
 
 
-class _Put(NamedTuple):
-    key: str
-    data: bytes
+# A prepared KV_STORE: the key, the encoded value and its cost, which is known once the value
+# is encoded. A plain tuple: this is made for every store, and a NamedTuple costs twice as much.
+_Put = tuple[str, bytes, int]
 
 
 def _check_key(key: str) -> str:
@@ -51,16 +51,19 @@ def _check_key(key: str) -> str:
 
 
 def _prepare_put(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _Put:
-    return _Put(_check_key(args[0]), encode_value(args[1]))
+    key = _check_key(args[0])
+    data = encode_value(args[1])
+    return key, data, to_mgas(rt.prices.kv_store_per_byte * len(data))
 
 
 def _reserve_put(rt: Runtime, proc: AgentProcess, put: _Put) -> int:
-    return to_mgas(rt.prices.kv_store_per_byte * len(put.data))
+    return put[2]
 
 
 async def _kv_store(rt: Runtime, proc: AgentProcess, put: _Put, step: int) -> Any:
-    rt.store.kv_put(proc.id, put.key, put.data)
-    return None, _reserve_put(rt, proc, put)
+    key, data, mgas = put
+    rt.store.kv_put(proc.id, key, data)
+    return None, mgas
 
 
 def _prepare_fetch(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> str:
