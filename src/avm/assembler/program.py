@@ -531,6 +531,24 @@ def _link(vm: VM, template: Template) -> _Linking:
     return _Linking(_Links(template, models, prompts), new_models, new_prompts)
 
 
+def _grant_secrets(vm: VM, template: Template) -> None:
+    """With a key manager, let every agent of the template use each secret its tools declare,
+    with exactly those tools, and nothing else; a declared secret must already be stored."""
+    if vm.keys is None:
+        return
+    missing = sorted(
+        {s for tool in template.tools.values() for s in tool.secrets if s not in vm.keys}
+    )
+    if missing:
+        raise ConfigError(
+            f"template {template.name!r} needs secrets that are not stored: "
+            f"{', '.join(missing)} (store them with 'avm secrets set NAME')"
+        )
+    for tool_name, tool in template.tools.items():
+        for secret in tool.secrets:
+            vm.keys.grant(secret, tool=tool_name, definition=template.name)
+
+
 def register(vm: VM, image: Image) -> AgentDefinition:
     """Link ``image`` into ``vm`` and register it as an agent definition named after it.
 
@@ -542,6 +560,7 @@ def register(vm: VM, image: Image) -> AgentDefinition:
     """
     template = image.template
     linking = _link(vm, template)
+    _grant_secrets(vm, template)
     for target, config in linking.models:
         vm.model(target, config)
     for target, text in linking.prompts:
