@@ -114,6 +114,7 @@ class _Plan:
     __slots__ = (
         "available",
         "is_read",
+        "name",
         "perform",
         "prepare",
         "reserve",
@@ -129,6 +130,7 @@ class _Plan:
                 raise RuntimeError(f"{spec.op} is marked available but has no host function")
             host = _UNAVAILABLE  # never reached: the pipeline refuses the opcode first
         self.available = spec.available
+        self.name = spec.op.value  # Enum.value is a Python-level property: read it once here
         self.validate = _validator(spec)
         self.prepare: Callable[[Runtime, AgentProcess, tuple[Any, ...]], Any] = host.prepare
         self.reserve: Callable[[Runtime, AgentProcess, Any], int] = host.reserve
@@ -204,7 +206,8 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         gas.release(reserved)
         err.locate(proc.id, op, step)
         error = {"error": type(err).__name__, "message": err.message}
-        _journal(rt, proc, step, op, args, _ERROR, encode_value(error), 0, rt.timers.clock.wall())
+        wall = rt.timers.clock.wall()
+        _journal(rt, proc, step, plan.name, args, _ERROR, encode_value(error), 0, wall)
         await _resume(rt, proc, suspended=False)
         raise
     except BaseException:
@@ -215,7 +218,7 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     wall = clock.wall()
     if cost:
         rt.ledger.charge(op, cost, wall)
-    _journal(rt, proc, step, op, args, _OK, encoded, cost, wall)
+    _journal(rt, proc, step, plan.name, args, _OK, encoded, cost, wall)
     store = rt.store
     if plan.synced and store.durability == "durable":
         if proc.holds_slot:
@@ -224,7 +227,13 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         if proc.wait_reason is not _STORAGE or proc.state is not _WAITING:
             scheduler.move(proc, _WAITING, _STORAGE)
         await store.sync()
-        await _resume(rt, proc, suspended=True)
+        # _resume's common case inline, as it follows every durable write.
+        scheduler.unyielded = 0
+        if scheduler.try_acquire():
+            proc.holds_slot = True
+            scheduler.move(proc, _RUNNING)
+        else:
+            await _resume(rt, proc, suspended=True)
     else:
         await _resume(rt, proc, suspended=False)
     return result
@@ -234,7 +243,7 @@ def _journal(
     rt: Runtime,
     proc: AgentProcess,
     step: int,
-    op: Op,
+    name: str,
     args: tuple[Any, ...],
     status: EntryStatus,
     result: bytes,
@@ -249,7 +258,6 @@ def _journal(
         proc.recovered_step = None
     proc.flags = 0
     agent_id = proc.id
-    name = op.value
     entry_hash = chain_hash(prev, agent_id, step, name, digest, status, result, mgas, wall, flags)
     entry = JournalEntry(
         agent_id, step, name, digest, status, result, mgas, wall, prev, entry_hash, flags

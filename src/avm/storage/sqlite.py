@@ -2,36 +2,47 @@
 
 Writes never touch the database when they are made. A KV or execution-state write goes into an
 overlay (the latest value per key, or a deletion), a journal entry into a list, anything else
-(inbox, agent records) into a queue of statements; the writes of every agent pile up there until
-the batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``). So
-the KV write of an instruction and its journal entry always commit together: nothing commits
-between an instruction's writes and its journal entry unless the instruction itself waited in
-between, which is what makes replay exactly-once. Reads see their own writes: KV and state
-reads look in the overlay first, journal heads in a map of the newest entry per agent, inbox
-deduplication in the set of messages queued; the rarer reads (journal entries, gas totals,
-checkpoints, inbox contents, agent records) commit the batch first. The event-loop thread
-therefore only holds a write transaction inside a commit, a few milliseconds.
+(inbox, agent records) into a queue of statements; every agent's writes pile up there until the
+batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``) on the
+event loop's connection. Reads see their own writes: KV and state reads look in the overlay
+first, journal heads in the newest entry per agent of the batch, inbox deduplication in the set
+of messages queued; the rarer reads of whole histories (entries, gas totals, checkpoints, inbox
+contents, agent records) commit the batch first. So the loop only holds a write transaction
+inside a commit, and nothing is half-written when it yields. For a recovery,
+``agents_unfinished()`` reads the journal head, gas total and last checkpoint of every agent it
+returns in one statement, since restoring each of them asks for exactly those next.
+
+Where a batch may commit is what makes replay exactly-once. The KV write of an instruction and
+its journal entry must commit together, and so must the instructions an agent issues without
+suspending in between (an agent that checkpoints after each message it receives relies on the
+receive and the save landing together). A batch therefore commits only where no agent is
+between two instructions: from a loop callback (the end of the loop iteration that wrote it),
+or in ``sync()``, just before its caller suspends.
 
 ::
 
-    agents ─► overlay / entries / statements ─► commit (loop) ─► fsync + checkpoint (thread)
-                         ▲                         │                     │
-                         └── batch grows while ────┘◄── wake waiters ────┘
-                             the thread is busy
+    agents ─► overlay / entries / statements ─► commit (loop) ─► fsync, checkpoint (thread)
+                    ▲                              │                      │
+                    └── the next batch fills ──────┘◄── wake the waiters ─┘
+                        while the thread works
 
-One background thread does the slow disk work: in ``durable`` mode it fsyncs the WAL after every
-commit (fsync flushes a file's data whichever descriptor wrote it, so commits run with
-``synchronous=NORMAL`` and cost no disk wait on the loop) and wakes the agents waiting in
-``sync()``; in both modes it runs the WAL checkpoints (``wal_autocheckpoint`` is off on the
-loop's connection) on a connection of its own. The loop commits a batch when the thread is idle:
-at the end of the loop iteration that wrote it, or, in ``durable`` mode, as soon as a batch of
-``_EARLY_COMMIT_ROWS`` journal entries is ready, so that the thread syncs one group while the
-loop runs the next (rather than the whole fleet waiting on one fsync in lockstep). While the
-thread is busy, writes keep piling into the next batch, whose commit the thread's completion
-triggers; so there is at most one fsync or checkpoint in flight, and batches grow with the
-disk's latency. No commit runs during a checkpoint, so a checkpoint that copies every frame
-lets the next commit restart the WAL from its beginning, and the file stays small. In
-``relaxed`` mode nobody waits and the WAL reaches the disk at checkpoints.
+One background thread does the slow disk work, a job at a time. In ``durable`` mode it fsyncs
+the WAL after every commit that somebody waits for (fsync flushes a file's data whichever
+descriptor wrote it, so commits run with ``synchronous=NORMAL`` and never wait for the disk on
+the loop) and then wakes the agents waiting in ``sync()``; a batch of reads only needs no fsync
+of its own, the next one covers it. In both modes it runs the WAL checkpoints
+(``wal_autocheckpoint`` is off on the loop's connection) on a connection of its own. The loop
+does not commit while the thread works: writes pile into the next batch, which commits when the
+thread is done, so batches grow with the disk's latency, there is one fsync or checkpoint in
+flight at most, and a checkpoint runs with no commit beside it, copies every frame, and lets
+the next commit restart the WAL from its beginning (the file stays small). When fsyncs take
+longer than commits, ``sync()`` commits a batch of ``_EARLY_COMMIT_ROWS`` entries without
+waiting for the end of the loop iteration, so that the thread syncs one group of agents while
+the loop runs the next instead of the whole fleet waiting on one fsync in lockstep.
+
+The SQL itself stays on the loop's thread. Moved to a writer thread, the inserts would need the
+GIL for every row they bind; on a machine whose cores are busy, a batch took six times longer
+there while slowing the loop down, so only the calls that wait on the disk moved.
 """
 
 from __future__ import annotations
@@ -42,9 +53,10 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from msgspec.structs import astuple
 
@@ -139,10 +151,13 @@ _AGENT_PUT = (
 _AGENT_UPDATE = "UPDATE agents SET status = ?, spent = ?, budget = ? WHERE agent_id = ?"
 _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
 
-# A durable batch commits early once it holds this many journal entries and the disk thread is
-# idle. Small enough that the thread starts syncing while the loop still has most of a large
-# fleet to run; large enough that a commit's fixed costs stay small per entry.
+# A durable batch may commit early once it holds this many journal entries and the disk thread
+# is idle: small enough that the thread starts syncing while the loop still has most of a large
+# fleet to run, large enough that a commit's fixed costs stay small per entry. It does so only
+# while fsyncs take longer than commits (both measured as they run), since an early commit buys
+# the overlap of one fsync with the cost of one more commit.
 _EARLY_COMMIT_ROWS = 256
+_SMOOTHING = 0.2  # weight of the newest measurement in the running fsync and commit times
 # Checkpoint once this many rows were committed since the last checkpoint: with the journal's
 # rows spread over many pages, about the 1,000 pages at which SQLite would checkpoint by itself.
 _CHECKPOINT_ROWS = 4096
@@ -151,6 +166,28 @@ _STATUS = {int(status): status for status in EntryStatus}
 # sqlite3 binds an int subclass only after looking for an adapter and a __conform__ method; with
 # one registered it finds the first at once, which halves what binding a journal entry costs.
 sqlite3.register_adapter(EntryStatus, int)
+
+
+_READ_AHEAD = """
+SELECT a.agent_id, a.first_step,
+    (SELECT max(step) FROM journal WHERE agent_id = a.agent_id),
+    (SELECT hash FROM journal WHERE agent_id = a.agent_id ORDER BY step DESC LIMIT 1),
+    (SELECT coalesce(sum(gas), 0) FROM journal
+        WHERE agent_id = a.agent_id AND step >= a.first_step),
+    (SELECT max(step) FROM journal
+        WHERE agent_id = a.agent_id AND step >= a.first_step AND status = 0
+        AND op IN ('SAVE_EXECUTION_STATE', 'RESET_EXECUTION_STATE'))
+FROM agents a WHERE a.status IN ('running', 'out_of_gas', 'stopped')
+"""
+
+
+class _Recovering(NamedTuple):
+    """What restoring an agent reads from its journal, read ahead for many agents at once."""
+
+    first_step: int
+    head: tuple[int, bytes] | None
+    gas: int
+    checkpoint: int | None
 
 
 class _Job:
@@ -190,6 +227,7 @@ class SqliteStateStore:
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._statements: list[tuple[str, tuple[object, ...]]] = []
         self._inbox_new: set[tuple[str, str]] = set()
+        self._recovering: dict[str, _Recovering] = {}  # see agents_unfinished
         self._dirty = False  # the batch holds writes
         self._armed = False  # a commit is scheduled for the end of this loop iteration
         self._closed = False
@@ -200,6 +238,8 @@ class SqliteStateStore:
         # a given batch number.
         self._synced = 0
         self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        self._fsync_s = 0.0  # running averages, seconds
+        self._commit_s = 0.0
         # The disk thread: at most one job at a time; ``_busy`` is set by the loop when it hands
         # a job over and cleared by the thread when the job is done.
         self._busy = False
@@ -245,6 +285,7 @@ class SqliteStateStore:
         self._heads = {}
         self._inbox_new = set()
         db = self._db
+        started = time.perf_counter()
         try:
             db.execute("BEGIN")
             if kv:
@@ -264,6 +305,7 @@ class SqliteStateStore:
             self._fail(self.commits + 1, StorageError(f"state database commit failed: {exc}"))
             return
         self.commits += 1
+        self._commit_s += _SMOOTHING * (time.perf_counter() - started - self._commit_s)
         self._rows_since_checkpoint += len(kv) + len(state) + len(statements) + len(journal)
         checkpoint = self._rows_since_checkpoint >= _CHECKPOINT_ROWS
         if checkpoint:
@@ -323,14 +365,17 @@ class SqliteStateStore:
             loop.call_soon_threadsafe(callback, *args)
 
     def _fsync(self) -> None:
-        if self._wal_fd is None:
-            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the WAL file's own existence must survive a crash too
-            finally:
-                os.close(directory)
+        with self._wakeup:  # opened once, by whichever thread syncs first
+            if self._wal_fd is None:
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+                directory = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)  # the WAL file's own existence must survive a crash too
+                finally:
+                    os.close(directory)
+        started = time.perf_counter()
         os.fsync(self._wal_fd)
+        self._fsync_s += _SMOOTHING * (time.perf_counter() - started - self._fsync_s)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database on the thread's own connection, without blocking.
@@ -385,7 +430,12 @@ class SqliteStateStore:
         # The caller suspends right after this, so its instructions since it last suspended
         # are all in the batch: committing here splits no agent's run of instructions, just as
         # a commit from a loop callback does not.
-        if self._dirty and not self._busy and len(self._journal) >= _EARLY_COMMIT_ROWS:
+        if (
+            self._dirty
+            and not self._busy
+            and len(self._journal) >= _EARLY_COMMIT_ROWS
+            and self._fsync_s > self._commit_s
+        ):
             self._commit()
         wanted = self.commits + 1 if self._dirty else self.commits
         if self._synced >= wanted:
@@ -471,14 +521,19 @@ class SqliteStateStore:
 
     def journal_append(self, entry: JournalEntry) -> None:
         self._touch()
-        journal = self._journal
-        journal.append(entry)
-        self._heads[entry.agent_id] = (entry.step, entry.hash)
+        self._journal.append(entry)
+        agent_id = entry.agent_id
+        self._heads[agent_id] = (entry.step, entry.hash)
+        if self._recovering:
+            self._recovering.pop(agent_id, None)
 
     async def journal_head(self, agent_id: str) -> tuple[int, bytes] | None:
         head = self._heads.get(agent_id)
         if head is not None:
             return head
+        known = self._recovering.get(agent_id)
+        if known is not None:
+            return known.head
         row = self._db.execute(
             "SELECT step, hash FROM journal WHERE agent_id = ? ORDER BY step DESC LIMIT 1",
             (agent_id,),
@@ -502,6 +557,9 @@ class SqliteStateStore:
         ]  # fmt: skip
 
     async def journal_gas(self, agent_id: str, from_step: int) -> int:
+        known = self._recovering.get(agent_id)
+        if known is not None and known.first_step == from_step:
+            return known.gas
         self._commit_for_read()
         row = self._db.execute(
             "SELECT coalesce(sum(gas), 0) FROM journal WHERE agent_id = ? AND step >= ?",
@@ -510,6 +568,9 @@ class SqliteStateStore:
         return int(row[0])
 
     async def last_checkpoint(self, agent_id: str, from_step: int) -> int | None:
+        known = self._recovering.get(agent_id)
+        if known is not None and known.first_step == from_step:
+            return known.checkpoint
         self._commit_for_read()
         row = self._db.execute(
             "SELECT max(step) FROM journal WHERE agent_id = ? AND step >= ? AND status = 0 "
@@ -587,11 +648,27 @@ class SqliteStateStore:
         return None if row is None else self._agent(row)
 
     async def agents_unfinished(self) -> list[AgentRecord]:
+        """The agents to resume, with what restoring each will ask of the journal read ahead.
+
+        The VM next asks for every one of them its journal head, its gas total and its last
+        checkpoint: one statement answers all three for all of them (SQLite runs the per-agent
+        lookups itself, on the journal's index), instead of three round trips per agent. The
+        answers stand until the agent writes to its journal again.
+        """
         self._commit_for_read()
         rows = self._db.execute(
             f"SELECT {_AGENT_COLUMNS} FROM agents "
             "WHERE status IN ('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
         ).fetchall()
+        self._recovering = {
+            str(r[0]): _Recovering(
+                int(r[1]),
+                None if r[2] is None else (int(r[2]), bytes(r[3])),
+                int(r[4]),
+                None if r[5] is None else int(r[5]),
+            )
+            for r in self._db.execute(_READ_AHEAD)
+        }
         return [self._agent(row) for row in rows]
 
 
