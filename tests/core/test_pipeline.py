@@ -129,3 +129,36 @@ async def test_an_agent_never_waiting_still_lets_the_loop_run(
         await vm.spawn(vm.agent(name="writer")(writer)).result()
         await watching
     assert any(0 < p < 500 for p in seen)
+
+
+async def test_the_agent_opening_the_gate_goes_after_those_waiting_for_it(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    # Both agents resume from a checkpoint, so their first live instructions come at once:
+    # the member joins its swarm again, waiting at the gate; the sender, recovered last, opens
+    # the gate and broadcasts. The broadcast must wait for the join, or nobody receives it.
+    async def member(ctx: Context) -> Any:
+        resumed = await ctx.load_execution_state()
+        await ctx.swarm_connect("t")
+        if not resumed:
+            await ctx.save_execution_state(True)
+            await ctx.wait(3600)  # the host stops here
+        return (await ctx.receive()).data
+
+    async def sender(ctx: Context) -> None:
+        resumed = await ctx.load_execution_state()
+        if not resumed:
+            await ctx.save_execution_state(True)
+            await ctx.wait(3600)  # the host stops here
+        await ctx.swarm_broadcast("t", "hello")
+
+    async with make_vm() as vm:
+        handles = [
+            vm.spawn(vm.agent(name=name)(fn), agent_id=name)
+            for name, fn in (("member", member), ("sender", sender))
+        ]
+        await wait_until(lambda: all(h.wait_reason is avm.WaitReason.TIMER for h in handles))
+    async with make_vm() as vm:
+        vm.agent(name="member")(member)
+        vm.agent(name="sender")(sender)
+        assert await asyncio.wait_for(vm.handle("member").result(), timeout=30) == "hello"

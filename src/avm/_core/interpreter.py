@@ -155,11 +155,11 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     """Run one instruction for ``proc`` and return its result."""
     if proc.replay is not None or proc.resume_state is not None:
         return replay(rt, proc, op, args)
-    if rt.recovery.closed:
-        await _wait_for_recovery(rt, proc)
     plan = _PLANS[op]
     step = proc.step
     proc.step = step + 1
+    if rt.recovery.closed or proc.recovered_step == step:
+        await _wait_for_recovery(rt, proc)
     scheduler = rt.scheduler
     waits_on = plan.waits_on
     if waits_on is not None and proc.holds_slot:
@@ -291,16 +291,24 @@ async def _park_out_of_gas(rt: Runtime, proc: AgentProcess, needed: int) -> None
 
 
 async def _wait_for_recovery(rt: Runtime, proc: AgentProcess) -> None:
-    """Wait, without a run slot, until every recovering agent has replayed.
+    """Hold a live instruction back until every recovering agent has replayed.
 
-    The agent may hold a slot (a recovered agent's first live instruction comes straight after
-    its replay, which never gives one up). Keeping it while waiting would deadlock as soon as
-    more agents recover than there are slots: the ones still queued for a slot could never
-    replay and open the gate.
+    That is any instruction while some agent still replays, and a recovered agent's first live
+    one. It waits without a run slot: a recovered agent holds one here (replay never gives one
+    up), and keeping it would deadlock as soon as more agents recover than there are slots,
+    since the ones still queued for a slot could never replay and open the gate.
+
+    The agent whose replay opens the gate still passes through the event loop once, behind the
+    agents that were waiting for it: their first live instructions were due first. Going ahead
+    of them, it could for instance broadcast to a swarm that an agent resumed from a checkpoint
+    has not joined again yet.
     """
     _give_up_slot(rt, proc)
     rt.scheduler.move(proc, _READY)
-    await rt.recovery.wait()
+    if rt.recovery.closed:
+        await rt.recovery.wait()
+    else:
+        await _pass_through_loop()
     await _resume(rt, proc, suspended=True)
 
 
