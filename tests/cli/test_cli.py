@@ -210,6 +210,29 @@ def test_run_main_convention(tmp_path: Path) -> None:
     assert re.search(r"agents finished\s+4\b", proc.stdout)
 
 
+def test_run_memory_budget_reaches_the_vm(tmp_path: Path) -> None:
+    path = write_agents_file(
+        tmp_path,
+        """
+        import avm
+
+        vm = avm.VM()
+
+        async def main(vm: avm.VM) -> None:
+            print("budget", vm.stats().memory.budget_bytes)
+        """,
+    )
+    proc = avm_cli(
+        "run", str(path), "--no-dashboard", "--state-dir", "s", "--memory", "64MiB", cwd=tmp_path
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"budget {64 * 1024 * 1024}" in proc.stdout
+
+    bad = avm_cli("run", str(path), "--no-dashboard", "--memory", "lots", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "lots" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_run_duration_stops_long_agents_without_failing(tmp_path: Path) -> None:
     path = write_agents_file(
         tmp_path,

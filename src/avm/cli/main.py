@@ -71,6 +71,7 @@ import avm
 from avm.cli import history, secrets, templates
 from avm.cli.dashboard import Dashboard, RunSummary, Snapshot, render_summary
 from avm.demo.portfolio import PortfolioConfig, PortfolioResult, run_portfolio
+from avm.memory import MemoryBudget
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main"]
 
@@ -400,6 +401,10 @@ def run(
         Path | None,
         typer.Option("--vm", help="For a template: a file defining the vm (its tools, models)."),
     ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(help="Content-memory budget, e.g. 2GB or 512MiB (overrides the file's VM)."),
+    ] = None,
 ) -> None:
     """Run the agents defined in FILE.
 
@@ -425,6 +430,9 @@ def run(
         vm = program.vm
         if state_dir is not None:
             vm.config = msgspec.structs.replace(vm.config, state_dir=str(state_dir))
+        if memory is not None:
+            MemoryBudget.of(memory)  # a malformed size is an error now, not when the VM starts
+            vm.config = msgspec.structs.replace(vm.config, memory=memory)
         definition = None if program.main else template or pick_definition(vm, agent, program.path)
         if program.main is not None and (agent is not None or agents != 1):
             print(f"avm: note: {file} defines main(vm), so --agent/--agents are not used",
