@@ -230,7 +230,8 @@ def test_run_memory_budget_reaches_the_vm(tmp_path: Path) -> None:
 
     bad = avm_cli("run", str(path), "--no-dashboard", "--memory", "lots", cwd=tmp_path)
     assert bad.returncode == 2
-    assert "lots" in bad.stderr and "Traceback" not in bad.stderr
+    assert "lots" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_run_duration_stops_long_agents_without_failing(tmp_path: Path) -> None:
