@@ -7,7 +7,9 @@ Verification recomputes every entry's BLAKE3 hash from its fields and the previo
 and checks the links between entries and, where the VM signed a chain head, its ed25519
 signature. It reports the first broken link of each agent: the entry whose stored content no
 longer produces its stored hash (something in it was edited), or whose ``prev_hash`` does not
-point at its predecessor (an entry was removed, inserted or reordered).
+point at its predecessor (an entry was removed, inserted or reordered). An entry whose result
+is a payload reference is also checked against the blob it names: the blob must exist and hash to
+its key, or the entry is reported with what is wrong with its payload.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from typing import Any
 
 import msgspec
 
-from avm._core.journal import GENESIS, EntryFlag, EntryStatus, JournalEntry, chain_hash
+from avm._core.journal import (
+    GENESIS,
+    EntryFlag,
+    EntryStatus,
+    JournalEntry,
+    blob_key,
+    chain_hash,
+    describe_ref,
+    ref_key,
+)
 from avm.errors import AvmError, StorageError
 from avm.identity import SignedHead, verify_head
 
@@ -115,6 +126,38 @@ def check_chain(entries: list[JournalEntry]) -> ChainBreak | None:
     return None
 
 
+def read_blob(db: sqlite3.Connection, key: bytes) -> bytes | None:
+    try:
+        row = db.execute("SELECT data FROM blobs WHERE hash = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # made before payloads were stored by hash: none there
+        return None
+    return None if row is None else bytes(row[0])
+
+
+def check_payload(entry: JournalEntry, blob: bytes | None) -> ChainBreak | None:
+    """What is wrong with the payload an entry refers to (``blob``, as found), or None."""
+    key = ref_key(entry.result)
+    if key is None:
+        return None
+    if blob is None:
+        reason = f"{entry.op} entry's payload blake3:{key.hex()} is missing"
+    elif blob_key(blob) != key:
+        reason = f"{entry.op} entry's payload blake3:{key.hex()} is corrupt: its hash differs"
+    else:
+        return None
+    return ChainBreak(entry.agent_id, entry.step, reason)
+
+
+def _check_payloads(db: sqlite3.Connection, entries: list[JournalEntry]) -> ChainBreak | None:
+    for entry in entries:
+        key = ref_key(entry.result)
+        if key is not None:
+            broken = check_payload(entry, read_blob(db, key))
+            if broken is not None:
+                return broken
+    return None
+
+
 def _signed_heads(db: sqlite3.Connection) -> dict[str, SignedHead]:
     try:
         rows = db.execute(
@@ -139,7 +182,7 @@ def verify(state_dir: str | Path, agent_id: str | None = None) -> VerifyReport:
             if not entries:
                 return
             agents += 1
-            broken = check_chain(entries)
+            broken = check_chain(entries) or _check_payloads(db, entries)
             if broken is not None:
                 breaks.append(broken)
                 return
@@ -168,7 +211,13 @@ def verify(state_dir: str | Path, agent_id: str | None = None) -> VerifyReport:
         db.close()
 
 
-def _summary(data: bytes, limit: int = 80) -> str:
+def _summary(data: bytes, limit: int = 80, blob: bytes | None = None) -> str:
+    key = ref_key(data)
+    if key is not None:
+        ref = describe_ref(key, None if blob is None else len(blob))
+        if blob is None or blob_key(blob) != key:
+            return ref if blob is None else f"{ref} corrupt"
+        return f"{ref} {_summary(blob, max(limit - len(ref) - 1, 10))}"
     try:
         value = _decoder.decode(data)
     except msgspec.DecodeError:
@@ -184,6 +233,11 @@ def log(state_dir: str | Path, agent_id: str) -> list[HistoryEntry]:
     db = _connect(state_dir)
     try:
         entries = list(agent_entries(db, agent_id))
+        blobs = {
+            key: read_blob(db, key)
+            for key in {ref_key(e.result) for e in entries} - {None}
+            if key is not None
+        }
     finally:
         db.close()
     if not entries:
@@ -193,7 +247,7 @@ def log(state_dir: str | Path, agent_id: str) -> list[HistoryEntry]:
             step=e.step,
             op=e.op,
             ok=e.status is EntryStatus.OK,
-            result=_summary(e.result),
+            result=_summary(e.result, blob=blobs.get(ref_key(e.result) or b"")),
             gas=e.gas / 1000,
             wall=e.wall,
             flags=[f.name.lower() for f in EntryFlag if f and e.flags & f and f.name],

@@ -1,13 +1,15 @@
 """Portable agents: export one agent as an archive, import it into another state directory.
 
 An archive is a tar file holding everything the agent is: its record (definition name, spawn
-arguments, budget), its whole journal, its KV space, execution state, undelivered messages, its
-own SQL database, its identity key and its chain head signed with that key. ``manifest.json``
+arguments, budget), its whole journal, the payloads its journal and execution state refer to by
+hash, its KV space, execution state, swarm memberships, undelivered messages, its own SQL
+database, its identity key and its chain head signed with that key. ``manifest.json``
 lists every member with its size and BLAKE3 hash.
 
 Import checks everything before it changes anything: the archive reads whole, every member
-matches the manifest, the journal's hash chain holds and ends at the signed head, and the
-destination has no agent of that id. Then one transaction writes it all, and the agent resumes
+matches the manifest, the journal's hash chain holds and ends at the signed head, every payload
+the agent refers to is in the archive and hashes to its key, and the destination has no agent of
+that id. Then one transaction writes it all, and the agent resumes
 where it was the next time a VM with its definition starts on that directory.
 
 Archives carry the agent's private identity key: treat them as secrets.
@@ -27,16 +29,17 @@ from typing import Any
 import blake3
 import msgspec
 
-from avm._core.journal import JournalEntry
+from avm._core.journal import JournalEntry, blob_key, ref_key
 from avm.errors import ArchiveError, AvmError, UnknownAgent
-from avm.history import agent_entries, check_chain
+from avm.history import agent_entries, check_chain, read_blob
 from avm.identity import IdentityStore, SignedHead, verify_head
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
 
 __all__ = ["ARCHIVE_FORMAT", "export_agent", "import_agent"]
 
-ARCHIVE_FORMAT = "avm-agent/1"
+ARCHIVE_FORMAT = "avm-agent/2"
+_READABLE = ("avm-agent/1", ARCHIVE_FORMAT)  # /1: from before payloads were stored by hash
 _UNFINISHED = ("running", "out_of_gas", "stopped")
 
 
@@ -48,6 +51,17 @@ class _Contents(msgspec.Struct):
     inbox: list[tuple[str, bytes, int]]
     head: SignedHead | None
     identity: bytes
+    blobs: dict[bytes, bytes] = msgspec.field(default_factory=dict)
+    topics: list[tuple[str, int]] = msgspec.field(default_factory=list)
+
+
+def _referenced(journal: list[JournalEntry], state: bytes | None) -> set[bytes]:
+    """The blob keys an agent's journal and execution state refer to."""
+    keys = {key for entry in journal if (key := ref_key(entry.result)) is not None}
+    state_key = None if state is None else ref_key(state)
+    if state_key is not None:
+        keys.add(state_key)
+    return keys
 
 
 def _state_db(state_dir: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -90,6 +104,18 @@ def export_agent(state_dir: str | Path, agent_id: str, out: str | Path) -> Path:
                 (agent_id,),
             )
         ]
+        state = None if state_row is None else bytes(state_row[0])
+        blobs: dict[bytes, bytes] = {}
+        for key in sorted(_referenced(journal, state)):
+            blob = read_blob(db, key)
+            if blob is None or blob_key(blob) != key:
+                what = "missing" if blob is None else "corrupt"
+                raise ArchiveError(
+                    f"agent {agent_id!r} refers to payload blake3:{key.hex()}, which is {what} "
+                    f"in {state_dir}; run 'avm verify {agent_id}'"
+                )
+            blobs[key] = blob
+        topics = _topics(db, agent_id)
     finally:
         db.close()
     identities = IdentityStore(state_dir)
@@ -98,10 +124,7 @@ def export_agent(state_dir: str | Path, agent_id: str, out: str | Path) -> Path:
         identity = identities.private_bytes(agent_id)
     finally:
         identities.close()
-    contents = _Contents(
-        record, journal, kv, None if state_row is None else bytes(state_row[0]), inbox, head,
-        identity,
-    )  # fmt: skip
+    contents = _Contents(record, journal, kv, state, inbox, head, identity, blobs, topics)
     members = {"agent.msgpack": msgspec.msgpack.encode(contents)}
     sql_path = AgentDatabases(state_dir / "sql").path_for(agent_id)
     if sql_path.exists():
@@ -125,6 +148,16 @@ def export_agent(state_dir: str | Path, agent_id: str, out: str | Path) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return out
+
+
+def _topics(db: sqlite3.Connection, agent_id: str) -> list[tuple[str, int]]:
+    try:
+        rows = db.execute(
+            "SELECT topic, step FROM swarm_members WHERE agent_id = ? ORDER BY step", (agent_id,)
+        ).fetchall()
+    except sqlite3.OperationalError:  # a state database from before memberships were stored
+        return []
+    return [(str(t), int(s)) for t, s in rows]
 
 
 def _snapshot(path: Path) -> bytes:
@@ -163,7 +196,7 @@ def _check(archive: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], _C
         manifest = json.loads(members["manifest.json"])
     except (KeyError, ValueError) as exc:
         raise ArchiveError(f"{archive}: missing or unreadable manifest.json ({exc})") from None
-    if manifest.get("format") != ARCHIVE_FORMAT:
+    if manifest.get("format") not in _READABLE:
         raise ArchiveError(
             f"{archive}: format {manifest.get('format')!r}, expected {ARCHIVE_FORMAT}"
         )
@@ -183,6 +216,22 @@ def _check(archive: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], _C
     broken = check_chain(contents.journal)
     if broken is not None:
         raise ArchiveError(f"{archive}: journal step {broken.step}: {broken.reason}")
+    for key, blob in contents.blobs.items():
+        if blob_key(blob) != key:
+            raise ArchiveError(f"{archive}: payload blake3:{key.hex()} is corrupt (hash differs)")
+    for entry in contents.journal:
+        ref = ref_key(entry.result)
+        if ref is not None and ref not in contents.blobs:
+            raise ArchiveError(
+                f"{archive}: journal step {entry.step} ({entry.op}) refers to payload "
+                f"blake3:{ref.hex()}, which the archive lacks"
+            )
+    state_key = None if contents.state is None else ref_key(contents.state)
+    if state_key is not None and state_key not in contents.blobs:
+        raise ArchiveError(
+            f"{archive}: the execution state refers to payload blake3:{state_key.hex()}, "
+            "which the archive lacks"
+        )
     head = contents.head
     if contents.journal:
         last = contents.journal[-1]
@@ -201,10 +250,9 @@ def import_agent(state_dir: str | Path, archive: str | Path) -> str:
     record = contents.record
     agent_id = record.agent_id
     state_dir.mkdir(parents=True, exist_ok=True)
-    if not (state_dir / "state.db").exists():
-        from avm.storage.sqlite import SqliteStateStore
+    from avm.storage.sqlite import SqliteStateStore
 
-        SqliteStateStore(state_dir / "state.db").close()  # create the schema
+    SqliteStateStore(state_dir / "state.db").close()  # create the schema, or add newer tables
     sql_path = AgentDatabases(state_dir / "sql").path_for(agent_id)
     db = _state_db(state_dir, readonly=False)
     try:
@@ -234,6 +282,13 @@ def import_agent(state_dir: str | Path, archive: str | Path) -> str:
                 for e in contents.journal
             ],
         )  # fmt: skip
+        db.executemany(
+            "INSERT OR IGNORE INTO blobs(hash, data) VALUES (?, ?)", contents.blobs.items()
+        )
+        db.executemany(
+            "INSERT INTO swarm_members(agent_id, topic, step) VALUES (?, ?, ?)",
+            [(agent_id, topic, step) for topic, step in contents.topics],
+        )
         db.executemany(
             "INSERT INTO kv(agent_id, key, value) VALUES (?, ?, ?)",
             [(agent_id, k, v) for k, v in contents.kv],

@@ -35,12 +35,15 @@ from avm._core.gas import to_gas
 from avm._core.host import Host, NeedsGas, free, hosts, passthrough
 from avm._core.isa import INSTRUCTIONS, Effect, InstructionSpec, Op, Param
 from avm._core.journal import (
+    PAYLOAD_THRESHOLD,
     EntryFlag,
     EntryStatus,
     JournalEntry,
+    blob_key,
     chain_hash,
     digest_args,
     encode_value,
+    payload_ref,
 )
 from avm._core.process import AgentProcess
 from avm._core.replay import replay
@@ -251,6 +254,12 @@ def _journal(
     wall: float,
 ) -> None:
     digest = digest_args(args)
+    store = rt.store
+    if len(result) > PAYLOAD_THRESHOLD:
+        # Stored once by content, in this entry's batch; the entry (and its hash) holds the ref.
+        key = blob_key(result)
+        store.put_blobs(((key, result),))
+        result = payload_ref(key)
     prev = proc.chain_head
     flags = proc.flags
     if step == proc.recovered_step:
@@ -262,7 +271,7 @@ def _journal(
     entry = JournalEntry(
         agent_id, step, name, digest, status, result, mgas, wall, prev, entry_hash, flags
     )
-    rt.store.journal_append(entry)
+    store.journal_append(entry)
     proc.chain_head = entry_hash
 
 

@@ -6,29 +6,46 @@ msgpack-encoded result or error), what it cost (milligas) and the wall time. Eac
 ``hash`` covers all of that plus the previous entry's hash of the same agent, so the history of an
 agent is a chain that any edit breaks.
 
-Values are encoded with msgpack (msgspec): compact, fast, and able to carry the structs of
+Values are encoded with msgspec's msgpack: compact, fast, and able to carry the structs of
 :mod:`avm.llm.types` and the VM's own result types.
+
+Large payloads are stored by content hash. A result (or a saved execution state) longer than
+:data:`PAYLOAD_THRESHOLD` bytes goes to the store's blob table under its 32-byte BLAKE3 hash, in
+the same batch as the entry that refers to it, and the entry holds a *payload reference*
+instead: the byte ``0xC1`` followed by that hash. ``0xC1`` is the one byte msgpack never uses,
+so a reference can never be mistaken for an encoded value. The chain hash covers the reference,
+and the blob is checked against its key whenever it is read back, so a history stays verifiable;
+identical payloads (a system prompt loaded by a thousand agents, a checkpoint saved again
+unchanged) are stored once.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import blake3
 import msgspec
 
-from avm.errors import InvalidArgument
+from avm.errors import InvalidArgument, StorageError
 
 __all__ = [
     "GENESIS",
+    "PAYLOAD_THRESHOLD",
+    "REF_MARKER",
     "EntryFlag",
     "EntryStatus",
     "JournalEntry",
+    "blob_key",
     "chain_hash",
     "decode_value",
+    "describe_ref",
     "digest_args",
     "encode_value",
+    "payload_ref",
+    "ref_key",
+    "resolve_payload",
 ]
 
 GENESIS = b"\x00" * 32
@@ -110,3 +127,53 @@ def chain_hash(
     """
     fields = _encode((agent_id, step, op, args_digest, status, gas, wall, flags))
     return _blake3(prev_hash + fields + result).digest()
+
+
+# -- payloads stored by content hash ---------------------------------------------------------------
+
+# Payloads up to this many bytes stay inline: a reference (33 bytes) plus a blob row cost more
+# than they save below it, and most results (None, counts, short strings, rows) are far smaller.
+PAYLOAD_THRESHOLD = 1024
+REF_MARKER = b"\xc1"  # never a msgpack value's first byte
+_REF_SIZE = 33
+
+BlobReader = Callable[[bytes], Awaitable[bytes | None]]
+
+
+def blob_key(data: bytes) -> bytes:
+    """The key a payload is stored under: its 32-byte BLAKE3 hash."""
+    return _blake3(data).digest()
+
+
+def payload_ref(key: bytes) -> bytes:
+    return REF_MARKER + key
+
+
+def ref_key(data: bytes) -> bytes | None:
+    """The blob key ``data`` refers to, or None if ``data`` is an inline encoded value."""
+    if len(data) == _REF_SIZE and data[:1] == REF_MARKER:
+        return data[1:]
+    return None
+
+
+def describe_ref(key: bytes, size: int | None) -> str:
+    """A payload reference for people: its size (when the blob is at hand) and a short hash."""
+    what = "missing" if size is None else f"{size:,} bytes"
+    return f"<payload {what}, blake3:{key[:4].hex()}>"
+
+
+async def resolve_payload(data: bytes, get_blob: BlobReader, where: str) -> bytes:
+    """``data`` itself, or the payload it refers to, checked against its hash.
+
+    ``where`` names what holds the reference (an agent's entry or state), for the error raised
+    when the blob is missing or does not hash to its key.
+    """
+    key = ref_key(data)
+    if key is None:
+        return data
+    blob = await get_blob(key)
+    if blob is None:
+        raise StorageError(f"{where} refers to payload blake3:{key.hex()}, which is missing")
+    if blob_key(blob) != key:
+        raise StorageError(f"{where}: payload blake3:{key.hex()} is corrupt (hash differs)")
+    return blob

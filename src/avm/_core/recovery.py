@@ -2,8 +2,10 @@
 
 When a VM starts on a state directory whose agents were running (the last host stopped, or was
 killed), each one is rebuilt: its gas from the journal's own totals, its replay queue from the
-entries after its latest checkpoint, its mailbox and reply slots from the messages delivered to
-it and not yet consumed. It then re-runs from its entry point (see :mod:`avm._core.replay`).
+entries after its latest checkpoint (payloads stored by hash read back and checked), its swarm
+memberships from the store (a checkpoint may start replay after the SWARM_CONNECT that made
+them), its mailbox and reply slots from the messages delivered to it and not yet consumed. It
+then re-runs from its entry point (see :mod:`avm._core.replay`).
 
 Live execution waits behind a gate until every recovering agent has replayed up to its live
 frontier, so no agent acts on a swarm whose members have not re-joined it yet.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from avm._core.journal import GENESIS, encode_value
+from avm._core.journal import GENESIS, encode_value, ref_key, resolve_payload
 from avm._core.process import AgentProcess
 from avm.storage.base import AgentRecord
 from avm.swarm.mailbox import Envelope, Mailbox
@@ -73,8 +75,23 @@ async def restore(rt: Runtime, proc: AgentProcess, record: AgentRecord) -> None:
     start = record.first_step if checkpoint is None else checkpoint + 1
     if checkpoint is not None:
         state = await store.state_get(agent_id)
-        proc.resume_state = state if state is not None else encode_value(None)
+        if state is None:
+            state = encode_value(None)
+        else:
+            where = f"agent {agent_id!r}'s execution state"
+            state = await resolve_payload(state, store.get_blob, where)
+        proc.resume_state = state
     entries = await store.journal_entries(agent_id, start)
+    for index, entry in enumerate(entries):
+        if ref_key(entry.result) is not None:
+            where = f"agent {agent_id!r}'s {entry.op} entry at step {entry.step}"
+            result = await resolve_payload(entry.result, store.get_blob, where)
+            entries[index] = msgspec.structs.replace(entry, result=result)
+    topics = await store.swarm_topics(agent_id, record.first_step)
+    if topics:
+        proc.topics = topics
+        for topic in topics:
+            rt.bus.join(topic, agent_id)
     proc.step = start
     proc.replay = deque(entries) if entries else None
     proc.recovered_step = frontier

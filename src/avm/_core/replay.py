@@ -11,8 +11,10 @@ checkpointed state without taking a step, and the entries after the checkpoint f
 agent written as a loop that loads its state at the top and saves it at the end of each round
 recovers in time proportional to one round, not to its age.
 
-Replay restores the in-memory effects of a few instructions that the VM does not persist
-elsewhere: swarm membership (SWARM_CONNECT) and schedule grids (SCHEDULE_TASK).
+Replay restores the in-memory effects of the instructions the VM does not persist elsewhere:
+schedule grids (SCHEDULE_TASK). Swarm membership is durable state that recovery restores before
+replay starts, since a checkpoint can start replay after the SWARM_CONNECT; a replayed
+SWARM_CONNECT only confirms it.
 """
 
 from __future__ import annotations

@@ -4,10 +4,17 @@ Writes are synchronous calls that join the current batch; ``sync()`` waits until
 written so far is durable. A backend commits a batch in one transaction, so a KV write and the
 journal entry of the instruction that made it become durable together (group commit). Reads are
 coroutines, so a networked backend can implement them without blocking the loop.
+
+Blobs are payloads stored once by content: ``put_blobs`` joins the current batch like any
+write, so a journal entry (or execution state) that refers to a blob never becomes durable
+without it, and storing a blob that is already there costs nothing. Anything in the VM that
+wants a checkpoint or result to hold a reference instead of bytes uses the same two calls
+(see ``avm._core.journal`` for the reference format).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 import msgspec
@@ -45,6 +52,18 @@ class StateStore(Protocol):
 
     async def state_get(self, agent_id: str) -> bytes | None: ...
 
+    def put_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store ``(key, data)`` pairs, key = the 32-byte BLAKE3 of data, with the next commit.
+
+        Idempotent: a key already stored (or queued) is skipped. The caller computes the keys;
+        readers check them (``avm._core.journal.resolve_payload``, ``avm verify``).
+        """
+        ...
+
+    async def get_blob(self, key: bytes) -> bytes | None:
+        """The blob stored under ``key`` (queued ones included), or None."""
+        ...
+
     def journal_append(self, entry: JournalEntry) -> None: ...
 
     async def journal_head(self, agent_id: str) -> tuple[int, bytes] | None:
@@ -69,6 +88,14 @@ class StateStore(Protocol):
 
     async def inbox_pending(self, agent_id: str) -> list[bytes]:
         """Messages delivered to an agent and not yet consumed, in delivery order."""
+        ...
+
+    def swarm_join(self, agent_id: str, topic: str, step: int) -> None:
+        """Record that an agent joined a swarm at ``step`` (with that instruction's batch)."""
+        ...
+
+    async def swarm_topics(self, agent_id: str, from_step: int) -> list[str]:
+        """The swarms an agent joined at or after ``from_step`` (its current incarnation)."""
         ...
 
     def agent_put(self, record: AgentRecord) -> None: ...

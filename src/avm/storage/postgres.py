@@ -8,8 +8,9 @@ instruction that made it commit together. ``sync()`` waits for the commit coveri
 queued so far; in ``relaxed`` mode the VM never calls it and the session commits with
 ``synchronous_commit = off``.
 
-Reads must see writes still queued or in flight: KV, execution state and chain heads keep an
-overlay of the values written since the last commit that covered them. Message deduplication
+Reads must see writes still queued or in flight: KV, execution state, blobs and chain heads keep
+an overlay of the values written since the last commit that covered them. A blob key committed
+once is remembered, so a payload many agents share is sent to the server once. Message deduplication
 must be answered at once, so the store remembers the message ids delivered in this process and
 loads an agent's earlier ids when the agent is recovered. Reads that only recovery and the
 history tools make (journal entries, gas totals, checkpoints, agent records) first wait for the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -51,6 +53,10 @@ CREATE TABLE IF NOT EXISTS kv (
     agent_id text NOT NULL, key text NOT NULL, value bytea NOT NULL,
     PRIMARY KEY (agent_id, key));
 CREATE TABLE IF NOT EXISTS execution_state (agent_id text PRIMARY KEY, state bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (hash bytea PRIMARY KEY, data bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS swarm_members (
+    agent_id text NOT NULL, topic text NOT NULL, step bigint NOT NULL,
+    PRIMARY KEY (agent_id, topic));
 CREATE TABLE IF NOT EXISTS inbox (
     seq bigserial PRIMARY KEY, agent_id text NOT NULL, message_id text NOT NULL,
     envelope bytea NOT NULL, consumed boolean NOT NULL DEFAULT false,
@@ -71,6 +77,11 @@ _JOURNAL = (
     "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
     "prev_hash, hash, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
+_BLOB_PUT = "INSERT INTO blobs(hash, data) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING"
+_SWARM_JOIN = (
+    "INSERT INTO swarm_members(agent_id, topic, step) VALUES ($1, $2, $3) "
+    "ON CONFLICT (agent_id, topic) DO UPDATE SET step = excluded.step"
+)
 _INBOX_PUT = (
     "INSERT INTO inbox(agent_id, message_id, envelope) VALUES ($1, $2, $3) "
     "ON CONFLICT (agent_id, message_id) DO NOTHING"
@@ -86,6 +97,7 @@ _AGENT_PUT = (
 _AGENT_UPDATE = "UPDATE agents SET status = $1, spent = $2, budget = $3 WHERE agent_id = $4"
 _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
 _DELETED = object()  # overlay marker: written as deleted, not yet committed
+_KNOWN_BLOBS = 65_536  # committed blob keys remembered; past this the set starts over
 
 
 class PostgresStateStore:
@@ -99,6 +111,8 @@ class PostgresStateStore:
         self._flusher: asyncio.Task[None] | None = None
         self._kv: dict[tuple[str, str], tuple[int, object]] = {}
         self._state: dict[str, tuple[int, object]] = {}
+        self._blobs: dict[bytes, tuple[int, bytes]] = {}
+        self._known_blobs: set[bytes] = set()
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._delivered: set[tuple[str, str]] = set()
         self._closed = False
@@ -138,6 +152,8 @@ class PostgresStateStore:
                     await self._commit(batch)
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.error("state database commit failed: %s", exc)
+                    # Those blobs are not stored: a later write of them must not be skipped.
+                    self._blobs = {k: v for k, v in self._blobs.items() if v[0] > number}
                     self._fail(StorageError(f"state database commit failed: {exc}"))
                     continue
                 self._committed = number
@@ -167,6 +183,13 @@ class PostgresStateStore:
         # Overlay values written in batches now committed are in the database: drop them.
         self._kv = {k: v for k, v in self._kv.items() if v[0] > number}
         self._state = {k: v for k, v in self._state.items() if v[0] > number}
+        committed = [k for k, v in self._blobs.items() if v[0] <= number]
+        if committed:
+            if len(self._known_blobs) + len(committed) > _KNOWN_BLOBS:
+                self._known_blobs.clear()
+            self._known_blobs.update(committed)
+            for key in committed:
+                del self._blobs[key]
 
     def _fail(self, error: Exception) -> None:
         waiting, self._waiters = self._waiters, []
@@ -228,6 +251,22 @@ class PostgresStateStore:
         value = await self._pool.fetchval(
             "SELECT state FROM execution_state WHERE agent_id = $1", agent_id
         )
+        return None if value is None else bytes(value)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def put_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> None:
+        pending, known = self._blobs, self._known_blobs
+        for key, data in blobs:
+            if key not in pending and key not in known:
+                self._queue(_BLOB_PUT, (key, data))
+                pending[key] = (self._queued, data)
+
+    async def get_blob(self, key: bytes) -> bytes | None:
+        pending = self._blobs.get(key)
+        if pending is not None:
+            return pending[1]
+        value = await self._pool.fetchval("SELECT data FROM blobs WHERE hash = $1", key)
         return None if value is None else bytes(value)
 
     # -- journal -----------------------------------------------------------------------------
@@ -309,6 +348,20 @@ class PostgresStateStore:
         # A recovered agent's earlier messages must be recognised if a sender sends them again.
         self._delivered.update((agent_id, str(r[0])) for r in rows)
         return [bytes(r[1]) for r in rows if not r[2]]
+
+    # -- swarm membership --------------------------------------------------------------------
+
+    def swarm_join(self, agent_id: str, topic: str, step: int) -> None:
+        self._queue(_SWARM_JOIN, (agent_id, topic, step))
+
+    async def swarm_topics(self, agent_id: str, from_step: int) -> list[str]:
+        await self._drain()
+        rows = await self._pool.fetch(
+            "SELECT topic FROM swarm_members WHERE agent_id = $1 AND step >= $2 ORDER BY step",
+            agent_id,
+            from_step,
+        )
+        return [str(r[0]) for r in rows]
 
     # -- agents ------------------------------------------------------------------------------
 

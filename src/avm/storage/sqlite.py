@@ -1,13 +1,15 @@
 """The embedded state store: one SQLite database in WAL mode, written with group commit.
 
 Writes never touch the database when they are made. A KV or execution-state write goes into an
-overlay (the latest value per key, or a deletion), a journal entry into a list, anything else
-(inbox, agent records) into a queue of statements; every agent's writes pile up there until the
+overlay (the latest value per key, or a deletion), a journal entry into a list, a blob into a
+map by key (unless this store already wrote that key), anything else (inbox, swarm membership,
+agent records) into a queue of statements; every agent's writes pile up there until the
 batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``) on the
 event loop's connection. Reads see their own writes: KV and state reads look in the overlay
-first, journal heads in the newest entry per agent of the batch, inbox deduplication in the set
-of messages queued; the rarer reads of whole histories (entries, gas totals, checkpoints, inbox
-contents, agent records) commit the batch first. So the loop only holds a write transaction
+first, journal heads in the newest entry per agent of the batch, blobs in the batch's map,
+inbox deduplication in the set of messages queued; the rarer reads of whole histories (entries,
+gas totals, checkpoints, inbox contents, swarm memberships, agent records) commit the batch
+first. So the loop only holds a write transaction
 inside a commit, and nothing is half-written when it yields. For a recovery,
 ``agents_unfinished()`` reads the journal head, gas total and last checkpoint of every agent it
 returns in one statement, since restoring each of them asks for exactly those next.
@@ -54,7 +56,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,6 +102,16 @@ CREATE TABLE IF NOT EXISTS execution_state (
     agent_id TEXT PRIMARY KEY,
     state    BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (
+    hash BLOB PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS swarm_members (
+    agent_id TEXT NOT NULL,
+    topic    TEXT NOT NULL,
+    step     INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, topic)
+) WITHOUT ROWID;
 """
 
 # The journal is appended to in rowid order, with the (agent, step) key in an index: a batch of
@@ -138,6 +150,11 @@ _JOURNAL = (
     "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, wall, "
     "prev_hash, hash, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_BLOB_PUT = "INSERT OR IGNORE INTO blobs(hash, data) VALUES (?, ?)"
+_SWARM_JOIN = (
+    "INSERT INTO swarm_members(agent_id, topic, step) VALUES (?, ?, ?) "
+    "ON CONFLICT(agent_id, topic) DO UPDATE SET step = excluded.step"
+)
 _INBOX_PUT = "INSERT OR IGNORE INTO inbox(agent_id, message_id, envelope) VALUES (?, ?, ?)"
 _INBOX_CONSUME = "UPDATE inbox SET consumed = 1 WHERE agent_id = ? AND message_id = ?"
 _AGENT_PUT = (
@@ -161,6 +178,9 @@ _SMOOTHING = 0.2  # weight of the newest measurement in the running fsync and co
 # Checkpoint once this many rows were committed since the last checkpoint: with the journal's
 # rows spread over many pages, about the 1,000 pages at which SQLite would checkpoint by itself.
 _CHECKPOINT_ROWS = 4096
+# Blob keys this store wrote, remembered so that a payload many agents share is handed to SQLite
+# once, not once per agent; past this many it starts over (a repeat then costs one ignored row).
+_KNOWN_BLOBS = 65_536
 
 _STATUS = {int(status): status for status in EntryStatus}
 # sqlite3 binds an int subclass only after looking for an adapter and a __conform__ method; with
@@ -224,6 +244,8 @@ class SqliteStateStore:
         self._kv: dict[tuple[str, str], bytes | None] = {}  # None: deleted
         self._state: dict[str, bytes | None] = {}
         self._journal: list[JournalEntry] = []
+        self._blobs: dict[bytes, bytes] = {}
+        self._known_blobs: set[bytes] = set()
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._statements: list[tuple[str, tuple[object, ...]]] = []
         self._inbox_new: set[tuple[str, str]] = set()
@@ -281,6 +303,7 @@ class SqliteStateStore:
         kv, self._kv = self._kv, {}
         state, self._state = self._state, {}
         journal, self._journal = self._journal, []
+        blobs, self._blobs = self._blobs, {}
         statements, self._statements = self._statements, []
         self._heads = {}
         self._inbox_new = set()
@@ -295,6 +318,8 @@ class SqliteStateStore:
                 db.executemany(_STATE_PUT, [(a, s) for a, s in state.items() if s is not None])
                 db.executemany(_STATE_DELETE, [(a,) for a, s in state.items() if s is None])
             _run_in_order(db, statements)
+            if blobs:  # before the entries that refer to them, in the same transaction
+                db.executemany(_BLOB_PUT, blobs.items())
             if journal:
                 db.executemany(_JOURNAL, map(astuple, journal))
             db.execute("COMMIT")
@@ -305,8 +330,14 @@ class SqliteStateStore:
             self._fail(self.commits + 1, StorageError(f"state database commit failed: {exc}"))
             return
         self.commits += 1
+        if blobs:
+            if len(self._known_blobs) + len(blobs) > _KNOWN_BLOBS:
+                self._known_blobs.clear()
+            self._known_blobs.update(blobs)
         self._commit_s += _SMOOTHING * (time.perf_counter() - started - self._commit_s)
-        self._rows_since_checkpoint += len(kv) + len(state) + len(statements) + len(journal)
+        self._rows_since_checkpoint += (
+            len(kv) + len(state) + len(statements) + len(journal) + len(blobs)
+        )
         checkpoint = self._rows_since_checkpoint >= _CHECKPOINT_ROWS
         if checkpoint:
             self._rows_since_checkpoint = 0
@@ -517,6 +548,22 @@ class SqliteStateStore:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    # -- blobs -------------------------------------------------------------------------------
+
+    def put_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> None:
+        pending, known = self._blobs, self._known_blobs
+        for key, data in blobs:
+            if key not in pending and key not in known:
+                self._touch()
+                pending[key] = data
+
+    async def get_blob(self, key: bytes) -> bytes | None:
+        pending = self._blobs.get(key)
+        if pending is not None:
+            return pending
+        row = self._db.execute("SELECT data FROM blobs WHERE hash = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     # -- journal -----------------------------------------------------------------------------
 
     def journal_append(self, entry: JournalEntry) -> None:
@@ -604,6 +651,19 @@ class SqliteStateStore:
             (agent_id,),
         ).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    # -- swarm membership --------------------------------------------------------------------
+
+    def swarm_join(self, agent_id: str, topic: str, step: int) -> None:
+        self._queue(_SWARM_JOIN, (agent_id, topic, step))
+
+    async def swarm_topics(self, agent_id: str, from_step: int) -> list[str]:
+        self._commit_for_read()
+        rows = self._db.execute(
+            "SELECT topic FROM swarm_members WHERE agent_id = ? AND step >= ? ORDER BY step",
+            (agent_id, from_step),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # -- agents ------------------------------------------------------------------------------
 

@@ -11,7 +11,15 @@ from typing import Any
 from avm._core.gas import to_mgas
 from avm._core.host import Host, NeedsGas, flat, free, passthrough
 from avm._core.isa import Op
-from avm._core.journal import EntryFlag, decode_value, encode_value
+from avm._core.journal import (
+    PAYLOAD_THRESHOLD,
+    EntryFlag,
+    blob_key,
+    decode_value,
+    encode_value,
+    payload_ref,
+    resolve_payload,
+)
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
 from avm.errors import InvalidArgument
@@ -22,7 +30,10 @@ _MAX_KEY = 1024
 
 async def _load_state(rt: Runtime, proc: AgentProcess, args: Any, step: int) -> Any:
     data = await rt.store.state_get(proc.id)
-    return (None if data is None else decode_value(data)), to_mgas(rt.prices.load_state)
+    if data is None:
+        return None, to_mgas(rt.prices.load_state)
+    data = await resolve_payload(data, rt.store.get_blob, f"agent {proc.id!r}'s execution state")
+    return decode_value(data), to_mgas(rt.prices.load_state)
 
 
 def _prepare_save(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> bytes:
@@ -30,7 +41,14 @@ def _prepare_save(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> byt
 
 
 async def _save_state(rt: Runtime, proc: AgentProcess, data: bytes, step: int) -> Any:
-    rt.store.state_put(proc.id, data)
+    store = rt.store
+    if len(data) > PAYLOAD_THRESHOLD:
+        # A large state is kept by content: saved again unchanged (or loaded, which journals
+        # the same bytes as its result) it is stored once.
+        key = blob_key(data)
+        store.put_blobs(((key, data),))
+        data = payload_ref(key)
+    store.state_put(proc.id, data)
     return None, to_mgas(rt.prices.save_state)
 
 

@@ -29,6 +29,9 @@ async def _connect(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step:
         proc.topics = []
     if swarm_id not in proc.topics:
         proc.topics.append(swarm_id)
+    # Durable with this instruction's entry: an agent recovered from a checkpoint taken after
+    # this step re-joins without replaying it (see avm._core.recovery).
+    rt.store.swarm_join(proc.id, swarm_id, step)
     return rt.bus.join(swarm_id, proc.id), to_mgas(rt.prices.swarm_connect)
 
 
