@@ -20,6 +20,7 @@ from avm.config import GasPrices, VMConfig
 from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
+from avm.memory.store import ContentStore
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import StateStore
 from avm.swarm.bus import SwarmBus
@@ -46,5 +47,6 @@ class Runtime:
     model_requests: RateMeter
     recovery: RecoveryGate
     keys: KeyManager | None = None  # secrets and their redactor, when the VM has any
+    memory: ContentStore | None = None  # the VM's content store (conversations live in it)
     # REDUCE_MODEL_CALL's user aggregations, by name: values -> aggregate (may be async)
     reducers: dict[str, Callable[[list[Any]], Any]] = field(default_factory=dict)

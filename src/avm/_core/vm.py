@@ -339,6 +339,7 @@ class VM:
             budget=None if self.config.memory is None else MemoryBudget.of(self.config.memory),
             durability=self.config.durability,
         )
+        self._rt.memory = self.memory
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
         if self.config.recover:
