@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from avm._core.host.models import MapItem, ModelInfo
+from avm._core.host.models import MapItem, ModelInfo, tool_specs
 from avm._core.interpreter import execute
 from avm._core.isa import Op
+from avm.errors import VMStateError
+from avm.llm.chat import Chat
 from avm.llm.prompts import Prompt
 from avm.llm.types import Message, ModelReply, ToolSpec
 from avm.storage.agent_sql import SqlResult
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Context"]
 
 SqlParams = Sequence[Any] | Mapping[str, Any]
-ModelInput = str | Sequence[str | Prompt | Message | Mapping[str, Any]]
+ModelInput = str | Chat | Sequence[str | Prompt | Message | Mapping[str, Any]]
 
 
 class Context:
@@ -94,6 +96,28 @@ class Context:
         """LOAD_MODEL: warm a model; a local model loads its weights (gas by their size)."""
         return cast(ModelInfo, await self._x(Op.LOAD_MODEL, model_id))
 
+    def conversation(
+        self,
+        *,
+        system: str | Prompt | None = None,
+        prompt: str | Prompt | None = None,
+        tools: Sequence[str | ToolSpec] | None = None,
+    ) -> Chat:
+        """A new conversation kept in the VM's content store, to pass to :meth:`run_model`.
+
+        ``system`` is the system prompt the fleet shares, ``prompt`` this agent's own, ``tools``
+        tool names (checked against this agent's grants) or specs. The chat holds refs, not
+        text: every agent's copy of a shared prompt is one piece of content, and a model call
+        journals the refs. Growing it (``append``, ``add``, ``append_reply``) returns a new chat
+        and is not an instruction: content is stored under its hash, so a re-run agent stores
+        the same bytes under the same refs.
+        """
+        memory = self._rt.memory
+        if memory is None:
+            raise VMStateError("the VM's content store is not open: is the VM running?")
+        specs = tool_specs(self._rt, self._proc, tools) if tools else None
+        return Chat.start(memory, system=system, prompt=prompt, tools=specs)
+
     async def run_model(
         self,
         model: str,
@@ -105,12 +129,19 @@ class Context:
         deferrable: bool = False,
         cache: bool | None = None,
     ) -> ModelReply:
-        """RUN_MODEL: run ``model`` on a string or a list of prompts/messages.
+        """RUN_MODEL: run ``model`` on a string, a list of prompts/messages, or a conversation
+        from :meth:`conversation` (whose tools go with it: do not pass ``tools`` then).
 
         ``deferrable`` lets the VM send the call through the provider's batch API (cheaper,
         slower); ``cache`` overrides the model's response-cache policy for this call.
         """
-        arg = input if isinstance(input, str) else list(input)
+        arg: Any
+        if isinstance(input, str):
+            arg = input
+        elif isinstance(input, Chat):
+            arg = (input.as_input(),)  # refs: the journal digests these, not the text
+        else:
+            arg = list(input)
         tool_arg = None if tools is None else list(tools)
         reply = await self._x(
             Op.RUN_MODEL, model, arg, max_tokens, temperature, tool_arg, deferrable or None, cache

@@ -14,6 +14,7 @@ __all__ = [
     "Message",
     "ModelReply",
     "ModelRequest",
+    "PrefixHint",
     "Role",
     "ToolCall",
     "ToolSpec",
@@ -51,6 +52,19 @@ class ToolSpec(msgspec.Struct, frozen=True):
     )
 
 
+class PrefixHint(msgspec.Struct, frozen=True):
+    """Which leading part of a request is shared, as the code that built it knows.
+
+    ``key`` names that part's content (a conversation's ``prefix_key``: the same key means the
+    same tools and system text) and ``messages`` counts the leading messages in it; the
+    request's tools always belong to it. Without a hint the I/O layer takes every leading
+    plain system message, which would put a per-agent prompt into the shared part.
+    """
+
+    key: bytes
+    messages: int
+
+
 class ModelRequest(msgspec.Struct, frozen=True):
     """One completion request, already resolved to a provider's own model name.
 
@@ -59,7 +73,7 @@ class ModelRequest(msgspec.Struct, frozen=True):
     key. ``priority`` orders admission when a model's capacity is short (0 interactive,
     1 normal, 2 background); ``deferrable`` lets the call wait for the provider's batch API
     (cheaper, minutes to hours); ``cache`` forces the response cache on or off (None: on for
-    temperature 0).
+    temperature 0); ``prefix`` says which leading part is shared (see :class:`PrefixHint`).
     """
 
     model: str
@@ -72,6 +86,7 @@ class ModelRequest(msgspec.Struct, frozen=True):
     priority: int = 1
     deferrable: bool = False
     cache: bool | None = None
+    prefix: PrefixHint | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):

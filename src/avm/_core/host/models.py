@@ -22,10 +22,12 @@ from avm._core.isa import Op
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
 from avm.errors import AvmError, InstructionError, InvalidArgument, ModelError
+from avm.llm.chat import ASSEMBLER, ConversationInput
 from avm.llm.messages import to_messages
 from avm.llm.prompts import Prompt
 from avm.llm.tokens import upper_bound_tokens
-from avm.llm.types import Message, ModelReply, ModelRequest, ToolSpec
+from avm.llm.types import Message, ModelReply, ModelRequest, PrefixHint, ToolSpec
+from avm.memory.errors import ContentError
 
 
 def _prepare_prompt(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> Prompt:
@@ -49,7 +51,8 @@ class _ModelCall(NamedTuple):
     bound_in: int
 
 
-def _tool_specs(rt: Runtime, proc: AgentProcess, tools: Any) -> tuple[ToolSpec, ...]:
+def tool_specs(rt: Runtime, proc: AgentProcess, tools: Any) -> tuple[ToolSpec, ...]:
+    """Tool names (checked against the agent's grants) and specs, as specs for a request."""
     specs: list[ToolSpec] = []
     for index, item in enumerate(tools or ()):
         if isinstance(item, ToolSpec):
@@ -67,21 +70,49 @@ def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _M
     name, value, max_tokens, temperature, tools, deferrable, cache = args
     proc.definition.capabilities.check_model(name)
     config = rt.models.config(name)
-    messages: tuple[Message, ...] = to_messages(value)
+    prefix: PrefixHint | None = None
+    if type(value) is tuple and len(value) == 1 and type(value[0]) is ConversationInput:
+        messages, specs, prefix = _assemble(rt, value[0], tools)
+    else:
+        messages = to_messages(value)
+        specs = tool_specs(rt, proc, tools)
     if rt.keys is not None:  # a secret value never reaches a model, whatever the agent passed
-        messages = rt.keys.redact(messages)
+        redacted = rt.keys.redact(messages)
+        if prefix is not None and redacted[: prefix.messages] != messages[: prefix.messages]:
+            prefix = None  # the shared text had a secret in it: it is not what the key names
+        messages = redacted
     request = ModelRequest(
         model=config.model,
         messages=messages,
         max_tokens=max_tokens or config.max_tokens,
         temperature=0.0 if temperature is None else float(temperature),
-        tools=_tool_specs(rt, proc, tools),
+        tools=specs,
         priority=int(proc.priority),
         deferrable=bool(deferrable),
         cache=cache,
+        prefix=prefix,
     )
-    bound_in = sum(upper_bound_tokens(m.content) + 4 for m in messages)
+    bound_in = 0
+    for message in messages:
+        bound_in += upper_bound_tokens(message.content) + 4
     return _ModelCall(name, request, config.price_in, config.price_out, bound_in)
+
+
+def _assemble(
+    rt: Runtime, conversation: ConversationInput, tools: Any
+) -> tuple[tuple[Message, ...], tuple[ToolSpec, ...], PrefixHint]:
+    """A conversation's text, read from the VM's content store at the I/O boundary."""
+    if tools:
+        raise InvalidArgument(
+            "a conversation carries its own tools: pass them to ctx.conversation(tools=...)"
+        )
+    if rt.memory is None:
+        raise InvalidArgument("this VM has no content store to read the conversation from")
+    try:
+        assembled = ASSEMBLER.assemble(rt.memory, conversation)
+    except ContentError as exc:
+        raise InvalidArgument(f"the conversation cannot be read: {exc}") from None
+    return assembled.messages, assembled.tools, assembled.prefix
 
 
 def _reserve_model(rt: Runtime, proc: AgentProcess, call: _ModelCall) -> int:

@@ -8,9 +8,12 @@ prefix of a request in about a microsecond). Providers splice the cached bytes i
 body with :class:`msgspec.Raw`, so a 50 KB system prompt costs a memory copy per call instead of
 a JSON escape pass; the response cache hashes the digest instead of the 50 KB.
 
-Lookup is by the prefix's *values*: the system texts (whose ``str`` hash Python caches on the
-object, and whose equality check short-circuits on identity) and, for tools, their name,
-description and the identity of their ``parameters`` dict. A tool schema is therefore treated as
+A request that carries a :class:`~avm.llm.types.PrefixHint` (a conversation's, see
+:mod:`avm.llm.chat`) is looked up by the hint's key, which names the prefix's content, and the
+hint says how many leading messages are shared. Otherwise lookup is by the prefix's *values*:
+the system texts (whose ``str`` hash Python caches on the object, and whose equality check
+short-circuits on identity) and, for tools, their name, description and the identity of their
+``parameters`` dict. A tool schema is therefore treated as
 immutable once it has been sent: build a new dict to change a tool, do not edit the old one.
 """
 
@@ -135,6 +138,8 @@ class PrefixTable:
 
     def _lookup(self, request: ModelRequest) -> SharedPrefix | None:
         messages = request.messages
+        if request.prefix is not None:
+            return self._hinted(request)
         count = 0
         for message in messages:
             if message.role != "system" or not _is_plain_system(message):
@@ -152,6 +157,29 @@ class PrefixTable:
         else:
             texts = tuple([m.content for m in messages[:count]])
         key = (texts, tuple([(t.name, t.description, id(t.parameters)) for t in tools]))
+        return self._find(key, texts, tools)
+
+    def _hinted(self, request: ModelRequest) -> SharedPrefix | None:
+        """The prefix its builder named: looked up by the hint's key, no text compared."""
+        hint = request.prefix
+        assert hint is not None
+        count = hint.messages
+        messages = request.messages
+        if not 0 <= count <= len(messages) or not all(
+            _is_plain_system(m) for m in messages[:count]
+        ):
+            raise ModelError(
+                f"the request's prefix hint covers {count} leading message(s), but the request "
+                f"has {len(messages)} and the shared ones must be plain system messages"
+            )
+        if not count and not request.tools:
+            return None
+        texts = tuple([m.content for m in messages[:count]])
+        return self._find((bytes(hint.key), count), texts, request.tools)
+
+    def _find(
+        self, key: tuple[Any, ...], texts: tuple[str, ...], tools: tuple[ToolSpec, ...]
+    ) -> SharedPrefix:
         entries = self._entries
         prefix = entries.get(key)
         if prefix is not None:
