@@ -192,3 +192,97 @@ def _tamper_journal(archive: Path, out: Path) -> Path:
     }
     members["manifest.json"] = json.dumps(manifest).encode()
     return _write(out, members)
+
+
+BIG = {"notes": ["a long remembered line of conversation"] * 100}
+
+
+def define_hoarder(vm: avm.VM) -> avm.AgentDefinition:
+    """Stores and fetches a value too large to journal inline, then waits for a message."""
+
+    @vm.agent(name="hoarder")
+    async def hoarder(ctx: Context) -> int:
+        await ctx.kv_store("big", BIG)
+        fetched = await ctx.kv_fetch("big")  # its result is journaled by hash
+        message = await ctx.receive()
+        return len(fetched["notes"]) + int(message.data)
+
+    return hoarder
+
+
+async def run_hoarder(state: Path) -> None:
+    async with avm.VM(state) as vm:
+        handle = vm.spawn(define_hoarder(vm), agent_id="h")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+
+
+async def test_verify_checks_payloads_by_hash(tmp_path: Path) -> None:
+    state = tmp_path / "a"
+    await run_hoarder(state)
+    assert verify(state).ok
+    with sqlite3.connect(state / "state.db") as db:
+        ((key,),) = db.execute("SELECT hash FROM blobs").fetchall()
+        db.execute("UPDATE blobs SET data = ? WHERE hash = ?", (b"\x90", key))
+    report = verify(state, "h")
+    assert [(b.agent_id, b.step) for b in report.breaks] == [("h", 1)]
+    assert report.breaks[0].reason == (
+        f"KV_FETCH entry's payload blake3:{bytes(key).hex()} is corrupt: its hash differs"
+    )
+    with sqlite3.connect(state / "state.db") as db:
+        db.execute("DELETE FROM blobs")
+    report = verify(state)
+    assert [(b.step, b.reason) for b in report.breaks] == [
+        (1, f"KV_FETCH entry's payload blake3:{bytes(key).hex()} is missing")
+    ]
+
+
+async def test_log_shows_payload_refs(tmp_path: Path) -> None:
+    state = tmp_path / "a"
+    await run_hoarder(state)
+    entries = log(state, "h")
+    assert entries[1].op == "KV_FETCH"
+    size = len(msgspec.msgpack.encode(BIG))
+    assert entries[1].result.startswith(f"<payload {size:,} bytes, blake3:")
+    assert "a long remembered line" in entries[1].result
+
+
+async def test_export_import_carries_payloads(tmp_path: Path) -> None:
+    source, target = tmp_path / "a", tmp_path / "b"
+    await run_hoarder(source)
+    archive = export_agent(source, "h", tmp_path / "h.avm")
+    members = _members(archive)
+    contents = msgspec.msgpack.decode(members["agent.msgpack"])
+    assert len(contents["blobs"]) == 1
+
+    contents["blobs"] = {}
+    lacking = _write_contents(archive, tmp_path / "lacking.avm", contents)
+    with pytest.raises(avm.ArchiveError, match=r"journal step 1 \(KV_FETCH\) refers to payload"):
+        import_agent(target, lacking)
+    contents = msgspec.msgpack.decode(members["agent.msgpack"])
+    ((key, _),) = contents["blobs"].items()
+    contents["blobs"][key] = b"\x90"
+    corrupt = _write_contents(archive, tmp_path / "corrupt.avm", contents)
+    with pytest.raises(avm.ArchiveError, match=r"payload blake3:[0-9a-f]+ is corrupt"):
+        import_agent(target, corrupt)
+    assert not (target / "state.db").exists()
+
+    import_agent(target, archive)
+    assert verify(target).ok
+    async with avm.VM(target) as vm:
+        define_hoarder(vm)
+        await vm.recovered()  # replays the KV_FETCH from the imported payload
+        await vm.post("h", 1)
+        assert await vm.handle("h").result() == 101
+
+
+def _write_contents(archive: Path, out: Path, contents: object) -> Path:
+    """Rewrite an archive's agent.msgpack, with a manifest that matches it."""
+    members = _members(archive)
+    members["agent.msgpack"] = msgspec.msgpack.encode(contents)
+    manifest = json.loads(members["manifest.json"])
+    manifest["members"]["agent.msgpack"] = {
+        "size": len(members["agent.msgpack"]),
+        "blake3": blake3.blake3(members["agent.msgpack"]).hexdigest(),
+    }
+    members["manifest.json"] = json.dumps(manifest).encode()
+    return _write(out, members)
