@@ -14,6 +14,8 @@ import pytest
 import avm
 from avm import assembler
 from avm.assembler import ProgramError, TemplateError
+from avm.keys.manager import KeyManager
+from avm.keys.master import MasterKey
 from avm.testing import FakeOpenAIServer, FakeReply, FakeToolCall
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "templates"
@@ -466,11 +468,20 @@ def test_images_are_plain_data_that_round_trip() -> None:
 
 
 async def test_the_researcher_example_runs_react_over_its_questions(
-    vm: avm.VM, fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+    make_vm: Callable[..., avm.VM], tmp_path: Path, fake_server: FakeOpenAIServer
 ) -> None:
     text = (EXAMPLES / "researcher.yaml").read_text(encoding="utf-8")
     text = text.replace("https://api.openai.com/v1", fake_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the declared secret, until the key manager
+    # The declared model secret comes from the key manager; the server refuses any other key.
+    keys = KeyManager.open(tmp_path / "state", MasterKey.generate())
+    keys.set("OPENAI_API_KEY", "sk-test-researcher")
+    fake_server.api_key = "sk-test-researcher"
+    async with make_vm(keys=keys) as vm:
+        await _run_researcher(vm, text, fake_server)
+    keys.close()
+
+
+async def _run_researcher(vm: avm.VM, text: str, fake_server: FakeOpenAIServer) -> None:
     searched: list[Any] = []
 
     @vm.tool("knowledge.search")

@@ -61,6 +61,7 @@ from avm.assembler.template import (
 )
 from avm.config import ModelConfig
 from avm.errors import CapabilityDenied, ConfigError, InvalidArgument, ToolError
+from avm.llm.linker import KEYED_PROVIDERS, ModelKey, model_tool
 from avm.llm.types import Message, ModelReply, ToolCall, ToolSpec
 
 __all__ = ["register", "vm_name"]
@@ -103,6 +104,8 @@ class _Links:
         self.models = dict(models)
         self.prompts = dict(prompts)
         self.tools: dict[str, Tool] = dict(template.tools)
+        #: Template tool name → the VM tool its agents call (a confined copy for network tools).
+        self.tool_names: dict[str, str] = {}
 
     def tool_arg(self, name: Any) -> Any:
         """A tool offered to a model: its declared schema if the template has one, else the
@@ -461,8 +464,12 @@ class _Linking:
     """What registering a template adds to a VM, decided before anything is added."""
 
     links: _Links
-    models: list[tuple[str, ModelConfig]]
+    models: list[tuple[str, ModelConfig, str | None]]  # VM name, config, key secret
     prompts: list[tuple[str, str]]
+
+
+def _key_name(key: ModelKey | None) -> str | None:
+    return None if key is None else key.secret
 
 
 def _link(vm: VM, template: Template) -> _Linking:
@@ -478,7 +485,7 @@ def _link(vm: VM, template: Template) -> _Linking:
             problems.append(f"tool {name!r} cannot be read, but the template reads it")
         if tool.access in ("write", "both") and found.write is None:
             problems.append(f"tool {name!r} cannot be written to, but the template writes it")
-    new_models: list[tuple[str, ModelConfig]] = []
+    new_models: list[tuple[str, ModelConfig, str | None]] = []
     models: dict[str, str] = {}
     for name, model in template.models.items():
         if model.use is not None:
@@ -495,9 +502,6 @@ def _link(vm: VM, template: Template) -> _Linking:
                 ("price_in", model.price_in),
                 ("price_out", model.price_out),
                 ("max_tokens", model.max_tokens),
-                # Until the key manager serves model keys, a declared secret is read from the
-                # environment variable of the same name when the model is first called.
-                ("api_key_env", model.secret),
             )
             if value is not None
         }
@@ -506,9 +510,22 @@ def _link(vm: VM, template: Template) -> _Linking:
         except (ConfigError, msgspec.ValidationError) as exc:
             problems.append(f"model {name!r}: {exc}")
             continue
-        if target in vm.models and vm.models.config(target) != config:
+        if model.secret is not None:
+            if vm.keys is None:
+                problems.append(
+                    f"model {name!r} takes its API key from secret {model.secret!r}, but this "
+                    "VM has no key manager (avm.VM(keys=KeyManager.open(...)))"
+                )
+            elif config.provider not in KEYED_PROVIDERS:
+                problems.append(
+                    f"model {name!r}: provider {config.provider!r} takes no API key "
+                    f"(secrets are for {', '.join(KEYED_PROVIDERS)})"
+                )
+        if target in vm.models and (
+            vm.models.config(target) != config or _key_name(vm.models.key(target)) != model.secret
+        ):
             problems.append(f"model {target!r} is already linked with another configuration")
-        new_models.append((target, config))
+        new_models.append((target, config, model.secret))
         models[name] = target
     new_prompts: list[tuple[str, str]] = []
     prompts: dict[str, str] = {}
@@ -531,22 +548,35 @@ def _link(vm: VM, template: Template) -> _Linking:
     return _Linking(_Links(template, models, prompts), new_models, new_prompts)
 
 
-def _grant_secrets(vm: VM, template: Template) -> None:
-    """With a key manager, let every agent of the template use each secret its tools declare,
-    with exactly those tools, and nothing else; a declared secret must already be stored."""
+def _grant_secrets(vm: VM, template: Template, links: _Links) -> None:
+    """With a key manager, let every agent of the template use each secret its tools and models
+    declare, with exactly those tools and models, and nothing else; a declared secret must
+    already be stored.
+
+    A tool's grant is for the VM name the template's agents call it by; a model's is for the
+    model (:func:`~avm.llm.linker.model_tool`), and the linker reveals it to the model's
+    provider only.
+    """
     if vm.keys is None:
         return
-    missing = sorted(
-        {s for tool in template.tools.values() for s in tool.secrets if s not in vm.keys}
-    )
+    wanted = [
+        (secret, links.tool_names.get(name, name))
+        for name, tool in template.tools.items()
+        for secret in tool.secrets
+    ]
+    wanted += [
+        (model.secret, model_tool(links.models[name]))
+        for name, model in template.models.items()
+        if model.secret is not None
+    ]
+    missing = sorted({secret for secret, _ in wanted if secret not in vm.keys})
     if missing:
         raise ConfigError(
             f"template {template.name!r} needs secrets that are not stored: "
             f"{', '.join(missing)} (store them with 'avm secrets set NAME')"
         )
-    for tool_name, tool in template.tools.items():
-        for secret in tool.secrets:
-            vm.keys.grant(secret, tool=tool_name, definition=template.name)
+    for secret, tool in wanted:
+        vm.keys.grant(secret, tool=tool, definition=template.name)
 
 
 def register(vm: VM, image: Image) -> AgentDefinition:
@@ -560,9 +590,13 @@ def register(vm: VM, image: Image) -> AgentDefinition:
     """
     template = image.template
     linking = _link(vm, template)
-    _grant_secrets(vm, template)
-    for target, config in linking.models:
-        vm.model(target, config)
+    _grant_secrets(vm, template, linking.links)
+    for target, config, secret in linking.models:
+        key = None
+        if secret is not None:
+            assert vm.keys is not None  # _link refused a secret without a key manager
+            key = ModelKey(vm.keys, secret, template.name)
+        vm.models.add(target, config, key=key)
     for target, text in linking.prompts:
         vm.prompts.add(target, text)
     links = linking.links

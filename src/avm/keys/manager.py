@@ -406,22 +406,41 @@ class KeyManager:
         leaves the VM (an HTTP header, a sandboxed process's environment).
         """
         name = handle.name
-        if name not in self._values:
-            raise NotFound(f"secret {name!r} does not exist (it may have been removed)")
+        self._exists(name)
         if not self.allowed(name, tool=tool, agent_id=agent_id, definition=definition):
             raise CapabilityDenied(
                 f"secret {name!r} is not granted to agent {agent_id!r} for tool {tool!r}; "
                 f"grant it with `avm secrets grant {name} --tool {tool} --agent {agent_id}` "
                 "(or --definition NAME for every agent of a definition)"
             )
+        log.debug("secret %s revealed to tool %s for agent %s", name, tool, agent_id)
+        return handle.render(self._text(name))
+
+    def reveal_to_definition(self, handle: SecretHandle, *, definition: str, tool: str) -> str:
+        """Like :meth:`reveal`, for a boundary that serves every agent of ``definition`` at
+        once (a model provider shared by a template's agents): only a grant to the definition
+        itself counts, never one to a single agent."""
+        name = handle.name
+        self._exists(name)
+        if (name, "definition", definition, tool) not in self._grants:
+            raise CapabilityDenied(
+                f"secret {name!r} is not granted to definition {definition!r} for {tool!r}; "
+                f"grant it with `avm secrets grant {name} --tool {tool} --definition {definition}`"
+            )
+        log.debug("secret %s revealed to %s for definition %s", name, tool, definition)
+        return handle.render(self._text(name))
+
+    def _exists(self, name: str) -> None:
+        if name not in self._values:
+            raise NotFound(f"secret {name!r} does not exist (it may have been removed)")
+
+    def _text(self, name: str) -> str:
         try:
-            value = self._values[name].decode("utf-8")
+            return self._values[name].decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(
                 f"secret {name!r} is binary and cannot be used as text (a header or variable)"
             ) from None
-        log.debug("secret %s revealed to tool %s for agent %s", name, tool, agent_id)
-        return handle.render(value)
 
     def substitute(
         self, value: Any, *, agent_id: str, tool: str, definition: str | None = None

@@ -5,6 +5,13 @@ Agents say ``"default"`` or ``"analyst"``; the linker maps the name to a :class:
 instance. Models on the same endpoint share one provider, and so one connection pool. What
 ``RUN_MODEL`` calls is that provider wrapped by the I/O manager (:mod:`avm.llm.io`): pacing,
 caching, coalescing, failover and the deferrable batch lane, as the model's config asks.
+
+A model's API key comes from one of two places. ``ModelConfig.api_key_env`` names an environment
+variable (for a host's own models). A :class:`ModelKey` names a secret of the key manager (what
+a template's ``models: NAME: {secret: ...}`` declares): the secret is revealed only here, when
+the provider for the model is built, and only if its grant covers the model
+(:func:`model_tool`), so the value goes from the encrypted store straight into the provider's
+request headers and nowhere an agent, the journal or a log can see it.
 """
 
 from __future__ import annotations
@@ -15,13 +22,35 @@ from dataclasses import dataclass
 
 from avm.config import ModelConfig
 from avm.errors import ConfigError, NotFound
+from avm.keys.handles import SecretHandle
+from avm.keys.manager import KeyManager
 from avm.llm.io import IOManager
 from avm.llm.provider import ModelProvider
-from avm.llm.providers.anthropic import anthropic_factory
+from avm.llm.providers.anthropic import DEFAULT_BASE_URL, AnthropicProvider, anthropic_factory
 
-__all__ = ["LinkedModel", "ModelLinker"]
+__all__ = ["KEYED_PROVIDERS", "LinkedModel", "ModelKey", "ModelLinker", "model_tool"]
 
 ProviderFactory = Callable[[ModelConfig], ModelProvider]
+KeyedFactory = Callable[[ModelConfig, str], ModelProvider]
+
+
+def model_tool(name: str) -> str:
+    """The tool name a secret is granted for so that model ``name`` may send it as its key."""
+    return "model:" + name
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKey:
+    """A model's API key held by the key manager: ``secret``, granted to ``definition``."""
+
+    keys: KeyManager
+    secret: str
+    definition: str
+
+    def reveal(self, model: str) -> str:
+        return self.keys.reveal_to_definition(
+            SecretHandle(self.secret), definition=self.definition, tool=model_tool(model)
+        )
 
 
 def _local_factory(config: ModelConfig) -> ModelProvider:
@@ -51,6 +80,33 @@ def _openai_factory(config: ModelConfig) -> ModelProvider:
     )
 
 
+def _openai_keyed(config: ModelConfig, api_key: str) -> ModelProvider:
+    from avm.llm.providers.openai_compat import OpenAICompatProvider
+
+    if config.base_url is None:
+        raise ConfigError(f"model {config.model!r}: an 'openai' provider needs a base_url")
+    return OpenAICompatProvider(
+        base_url=config.base_url,
+        api_key=api_key,
+        timeout_s=config.timeout_s,
+        max_connections=config.max_connections,
+    )
+
+
+def _anthropic_keyed(config: ModelConfig, api_key: str) -> ModelProvider:
+    return AnthropicProvider(
+        config.base_url or DEFAULT_BASE_URL,
+        api_key=api_key,
+        timeout_s=config.timeout_s,
+        max_connections=config.max_connections,
+    )
+
+
+_KEYED: dict[str, KeyedFactory] = {"openai": _openai_keyed, "anthropic": _anthropic_keyed}
+#: The providers whose API key can come from the key manager (a :class:`ModelKey`).
+KEYED_PROVIDERS = tuple(sorted(_KEYED))
+
+
 @dataclass(slots=True)
 class LinkedModel:
     name: str
@@ -62,7 +118,8 @@ class ModelLinker:
     def __init__(self) -> None:
         self._configs: dict[str, ModelConfig] = {}
         self._linked: dict[str, LinkedModel] = {}
-        self._providers: dict[tuple[str, str | None, str | None], ModelProvider] = {}
+        self._providers: dict[tuple[str, str | None, str | None, str | None], ModelProvider] = {}
+        self._keys: dict[str, ModelKey] = {}  # models whose API key is a key-manager secret
         self._factories: dict[str, ProviderFactory] = {
             "openai": _openai_factory,
             "anthropic": anthropic_factory,
@@ -72,18 +129,36 @@ class ModelLinker:
         self._io = IOManager(config_of=self.config, provider_of=self._raw_provider)
 
     def add(
-        self, name: str, config: ModelConfig | str, *, provider: ModelProvider | None = None
+        self,
+        name: str,
+        config: ModelConfig | str,
+        *,
+        provider: ModelProvider | None = None,
+        key: ModelKey | None = None,
     ) -> None:
         """Name a model. ``config`` may be a ``provider:model`` string; ``provider`` an instance
-        to use instead of building one from the config."""
+        to use instead of building one from the config; ``key`` the key-manager secret its
+        provider authenticates with (instead of ``config.api_key_env``)."""
         if isinstance(config, str):
             config = ModelConfig.parse(config)
+        if key is not None and (provider is not None or config.provider not in _KEYED):
+            raise ConfigError(
+                f"model {name!r}: only a model the linker builds on a provider that takes an API "
+                f"key ({', '.join(KEYED_PROVIDERS)}) can have its key from a secret"
+            )
         self._configs[name] = config
         self._linked.pop(name, None)
         self._raw.pop(name, None)
+        self._keys.pop(name, None)
         self._io.forget(name)
         if provider is not None:
             self._raw[name] = provider
+        if key is not None:
+            self._keys[name] = key
+
+    def key(self, name: str) -> ModelKey | None:
+        """The key-manager secret model ``name`` authenticates with, if it has one."""
+        return self._keys.get(name)
 
     def add_factory(self, provider_name: str, factory: ProviderFactory) -> None:
         self._factories[provider_name] = factory
@@ -119,7 +194,17 @@ class ModelLinker:
         if given is not None:
             return given
         config = self.config(name)
-        key = (config.provider, config.base_url, config.api_key_env)
+        secret = self._keys.get(name)
+        if secret is not None:
+            # One provider per endpoint and secret, built on the model's first call: the
+            # value leaves the key manager only into that provider's request headers.
+            api_key = secret.reveal(name)  # checks this model's grant even for a shared one
+            slot = (config.provider, config.base_url, None, secret.secret)
+            provider = self._providers.get(slot)
+            if provider is None:
+                provider = self._providers[slot] = _KEYED[config.provider](config, api_key)
+            return provider
+        key = (config.provider, config.base_url, config.api_key_env, None)
         provider = self._providers.get(key)
         if provider is None:
             factory = self._factories.get(config.provider)
