@@ -3,19 +3,24 @@ throwaway PostgreSQL server for the modules that run on both state stores.
 
 A test module runs its VM tests on both stores by declaring ``BACKENDS = ("sqlite",
 "postgres")``: every test in it that uses a VM (the ``backend`` fixture, directly or through
-``make_vm``/``vm``) is parametrized over them.
+``make_vm``/``vm``) is parametrized over them. ``state_sql`` runs SQL on the test's store,
+whichever it is, to look at (or tamper with) what a stopped VM left there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +129,27 @@ async def vm(make_vm: Callable[..., avm.VM]) -> AsyncIterator[avm.VM]:
     machine = make_vm()
     async with machine:
         yield machine
+
+
+StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+
+
+@pytest.fixture
+def state_sql(tmp_path: Path, store_url: str | None) -> StateSql:
+    """``await state_sql(sql, *params)``: run one statement (``?`` placeholders) on the store
+    that ``make_vm`` uses, outside any VM; returns the rows as tuples."""
+
+    async def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if store_url is None:
+            path = tmp_path / "state" / "state.db"
+            with contextlib.closing(sqlite3.connect(path)) as db, db:
+                return [tuple(row) for row in db.execute(sql, params).fetchall()]
+        numbers = itertools.count(1)
+        dialect = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+        conn = await asyncpg.connect(store_url)
+        try:
+            return [tuple(row) for row in await conn.fetch(dialect, *params)]
+        finally:
+            await conn.close()
+
+    return run

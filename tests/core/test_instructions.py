@@ -1,11 +1,10 @@
-"""Every implemented instruction, executed by a real agent in a real VM (SQLite, loopback HTTP)."""
+"""Every implemented instruction, executed by a real agent in a real VM (SQLite and PostgreSQL
+state stores, loopback HTTP)."""
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,11 +19,8 @@ async def run_one(vm: avm.VM, fn: Callable[..., Any], **kwargs: Any) -> Any:
     return await vm.spawn(definition, **kwargs).result()
 
 
-def journal_ops(state_dir: Path, agent_id: str) -> list[tuple[int, str, int]]:
-    with sqlite3.connect(state_dir / "state.db") as db:
-        return db.execute(
-            "SELECT step, op, status FROM journal WHERE agent_id = ? ORDER BY step", (agent_id,)
-        ).fetchall()
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
+StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # the conftest's state_sql fixture
 
 
 async def test_kv_store_and_fetch(vm: avm.VM) -> None:
@@ -250,7 +246,7 @@ async def test_not_yet_available(vm: avm.VM, call: Callable[[Context], Any]) -> 
     assert "is not available yet" in str(failed.value.__cause__)
 
 
-async def test_every_instruction_is_journaled(vm: avm.VM) -> None:
+async def test_every_instruction_is_journaled(vm: avm.VM, state_sql: StateSql) -> None:
     async def agent(ctx: Context) -> None:
         await ctx.kv_store("k", 1)
         await ctx.kv_fetch("k")
@@ -259,9 +255,9 @@ async def test_every_instruction_is_journaled(vm: avm.VM) -> None:
         await ctx.save_execution_state(1)
 
     await run_one(vm, agent)
-    state_dir = Path(vm.config.state_dir)
     await vm.stop()
-    assert journal_ops(state_dir, "t_agent-1") == [
+    ops = "SELECT step, op, status FROM journal WHERE agent_id = ? ORDER BY step"
+    assert await state_sql(ops, "t_agent-1") == [
         (0, Op.KV_STORE, 0),
         (1, Op.KV_FETCH, 0),
         (2, Op.KV_FETCH, 1),
@@ -269,7 +265,7 @@ async def test_every_instruction_is_journaled(vm: avm.VM) -> None:
     ]
 
 
-async def test_journal_entries_form_a_hash_chain(vm: avm.VM) -> None:
+async def test_journal_entries_form_a_hash_chain(vm: avm.VM, state_sql: StateSql) -> None:
     import blake3
 
     from avm._core.journal import GENESIS, chain_hash
@@ -279,13 +275,11 @@ async def test_journal_entries_form_a_hash_chain(vm: avm.VM) -> None:
             await ctx.kv_store(f"k{i}", "v" * i)
 
     await run_one(vm, agent)
-    state_dir = Path(vm.config.state_dir)
     await vm.stop()
-    with sqlite3.connect(state_dir / "state.db") as db:
-        rows = db.execute(
-            "SELECT step, op, args_digest, status, result, gas, wall, prev_hash, hash "
-            "FROM journal WHERE agent_id = 't_agent-1' ORDER BY step"
-        ).fetchall()
+    rows = await state_sql(
+        "SELECT step, op, args_digest, status, result, gas, wall, prev_hash, hash "
+        "FROM journal WHERE agent_id = 't_agent-1' ORDER BY step"
+    )
     prev = GENESIS
     for step, op, digest, status, result, gas, wall, prev_hash, entry_hash in rows:
         assert prev_hash == prev

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,15 +11,16 @@ import pytest
 import avm
 from avm import Context
 from avm._core.journal import EntryFlag
-from avm.testing import FakeOpenAIServer, wait_until
+from avm.testing import FakeOpenAIServer, MockClock, wait_until
+
+StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # the conftest's state_sql fixture
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
 
 
-def journal(state_dir: Path, agent_id: str) -> list[tuple[int, str, int, int]]:
-    with sqlite3.connect(state_dir / "state.db") as db:
-        return db.execute(
-            "SELECT step, op, status, flags FROM journal WHERE agent_id = ? ORDER BY step",
-            (agent_id,),
-        ).fetchall()
+async def journal(state_sql: StateSql, agent_id: str) -> list[tuple[Any, ...]]:
+    return await state_sql(
+        "SELECT step, op, status, flags FROM journal WHERE agent_id = ? ORDER BY step", agent_id
+    )
 
 
 def build(vm: avm.VM, server: FakeOpenAIServer, writes: Counter[str]) -> avm.AgentDefinition:
@@ -52,7 +51,7 @@ def build(vm: avm.VM, server: FakeOpenAIServer, writes: Counter[str]) -> avm.Age
 
 
 async def test_restart_resumes_without_repeating_effects(
-    make_vm: Callable[..., avm.VM], fake_server: FakeOpenAIServer, tmp_path: Path
+    make_vm: Callable[..., avm.VM], fake_server: FakeOpenAIServer, state_sql: StateSql
 ) -> None:
     writes: Counter[str] = Counter()
     async with make_vm() as vm:
@@ -70,9 +69,8 @@ async def test_restart_resumes_without_repeating_effects(
     assert fake_server.completion_count == 4  # rounds 0 and 1 were not called again
     assert set(writes.values()) == {1}
     assert len(writes) == 4
-    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        (count,) = db.execute("SELECT value FROM kv WHERE agent_id = 'w'").fetchone()
-        status = db.execute("SELECT status FROM agents WHERE agent_id = 'w'").fetchone()[0]
+    ((count,),) = await state_sql("SELECT value FROM kv WHERE agent_id = 'w'")
+    ((status,),) = await state_sql("SELECT status FROM agents WHERE agent_id = 'w'")
     assert count == b"\x04"  # msgpack 4: four increments, none lost or doubled
     assert status == "done"
     assert stats.agents["done"] == 1
@@ -97,7 +95,7 @@ async def test_recovered_gas_matches_the_journal(
 
 
 async def test_divergence_halts_with_a_clear_error(
-    make_vm: Callable[..., avm.VM], tmp_path: Path
+    make_vm: Callable[..., avm.VM], state_sql: StateSql
 ) -> None:
     async with make_vm() as vm:
 
@@ -126,7 +124,7 @@ async def test_divergence_halts_with_a_clear_error(
         "agent 'f', step 1, KV_FETCH: journal has KV_STORE at this step, but the agent now "
         "issued KV_FETCH; agent code must be deterministic between instructions"
     )
-    assert [row[1] for row in journal(tmp_path / "state", "f")] == ["KV_STORE", "KV_STORE"]
+    assert [row[1] for row in await journal(state_sql, "f")] == ["KV_STORE", "KV_STORE"]
 
 
 async def test_same_instruction_different_arguments_diverges(
@@ -153,7 +151,9 @@ async def test_same_instruction_different_arguments_diverges(
             await vm.handle("a").result()
 
 
-async def test_checkpoint_bounds_replay(make_vm: Callable[..., avm.VM], tmp_path: Path) -> None:
+async def test_checkpoint_bounds_replay(
+    make_vm: Callable[..., avm.VM], state_sql: StateSql
+) -> None:
     # The checkpoint pattern: load at the top, save as the last instruction of each round.
     async def looper(ctx: Context) -> int:
         state = await ctx.load_execution_state() or {"i": 0}
@@ -170,15 +170,14 @@ async def test_checkpoint_bounds_replay(make_vm: Callable[..., avm.VM], tmp_path
         await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
     # History before the checkpoint is not needed for recovery: delete it to prove it.
-    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        db.execute("DELETE FROM journal WHERE agent_id = 'L' AND step < 6")
+    await state_sql("DELETE FROM journal WHERE agent_id = 'L' AND step < 6")
     async with make_vm() as vm:
         vm.agent(name="looper")(looper)
         handle = vm.handle("L")
         await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         await handle.post("go on")
         assert await handle.result() == 6
-    steps = journal(tmp_path / "state", "L")
+    steps = await journal(state_sql, "L")
     assert [s[0] for s in steps] == list(range(6, 14))
     assert steps[1][1:] == ("SWARM_WAIT", 0, EntryFlag.AFTER_CRASH)
 
@@ -217,7 +216,8 @@ async def test_messages_survive_a_restart_exactly_once(make_vm: Callable[..., av
 
         return collector, speaker
 
-    async with make_vm() as vm:
+    # Time stands still in the first VM: the collector stays in its wait between the messages.
+    async with make_vm(clock=MockClock()) as vm:
         collector, speaker = define(vm)
         receiving = vm.spawn(collector, agent_id="col")
         await wait_until(lambda: receiving.wait_reason is avm.WaitReason.MESSAGE)
@@ -231,7 +231,7 @@ async def test_messages_survive_a_restart_exactly_once(make_vm: Callable[..., av
 
 
 async def test_in_flight_sql_write_is_not_applied_twice(
-    make_vm: Callable[..., avm.VM], tmp_path: Path
+    make_vm: Callable[..., avm.VM], state_sql: StateSql
 ) -> None:
     async def writer(ctx: Context) -> int:
         await ctx.sql_execute("CREATE TABLE t (v INTEGER)")
@@ -245,8 +245,7 @@ async def test_in_flight_sql_write_is_not_applied_twice(
         await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
     # A crash after the INSERT committed in the agent's own database but before its journal
     # entry did looks like this: the journal ends before step 1.
-    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        db.execute("DELETE FROM journal WHERE agent_id = 'sw' AND step >= 1")
+    await state_sql("DELETE FROM journal WHERE agent_id = 'sw' AND step >= 1")
 
     async with make_vm() as vm:
         vm.agent(name="writer")(writer)
@@ -254,13 +253,13 @@ async def test_in_flight_sql_write_is_not_applied_twice(
         await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
         await handle.post("go")
         assert await handle.result() == 1  # the INSERT was not applied a second time
-    flags = {step: f for step, _, _, f in journal(tmp_path / "state", "sw")}
+    flags = {step: f for step, _, _, f in await journal(state_sql, "sw")}
     assert flags[1] == EntryFlag.AFTER_CRASH | EntryFlag.DEDUPLICATED
     assert flags[2] == EntryFlag.NONE
 
 
 async def test_unknown_definition_stays_stopped(
-    make_vm: Callable[..., avm.VM], caplog: pytest.LogCaptureFixture, tmp_path: Path
+    make_vm: Callable[..., avm.VM], caplog: pytest.LogCaptureFixture, state_sql: StateSql
 ) -> None:
     async with make_vm() as vm:
 
@@ -274,8 +273,7 @@ async def test_unknown_definition_stays_stopped(
         with pytest.raises(avm.UnknownAgent):
             vm.handle("g")
     assert "1 unfinished agents wait for their definitions: ghost" in caplog.text
-    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        assert db.execute("SELECT status FROM agents").fetchall() == [("stopped",)]
+    assert await state_sql("SELECT status FROM agents") == [("stopped",)]
 
 
 async def test_time_and_randomness_are_journaled(make_vm: Callable[..., avm.VM]) -> None:

@@ -1,9 +1,12 @@
-"""Per-agent storage: isolation (including SQL escape attempts) and persistence across restarts."""
+"""Per-agent storage: isolation (including SQL escape attempts) and persistence across restarts.
+
+Every VM test runs on both state stores; agents' own SQL is a SQLite file per agent with either.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,9 @@ import pytest
 
 import avm
 from avm import Context
+
+BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
+StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # the conftest's state_sql fixture
 
 
 async def test_kv_is_per_agent(vm: avm.VM) -> None:
@@ -144,7 +150,9 @@ async def test_kv_sql_and_state_survive_a_restart(make_vm: Callable[..., avm.VM]
     assert result == (42, {"phase": "analysed"}, [["ETH", 1.5]])
 
 
-async def test_agent_records_persist_status(make_vm: Callable[..., avm.VM], tmp_path: Path) -> None:
+async def test_agent_records_persist_status(
+    make_vm: Callable[..., avm.VM], state_sql: StateSql
+) -> None:
     async with make_vm() as vm:
 
         @vm.agent(budget=100)
@@ -157,9 +165,8 @@ async def test_agent_records_persist_status(make_vm: Callable[..., avm.VM], tmp_
 
         await vm.spawn(done, agent_id="d").result()
         vm.spawn(forever, agent_id="f")
-    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        rows = dict(db.execute("SELECT agent_id, status FROM agents").fetchall())
-        spent = db.execute("SELECT spent FROM agents WHERE agent_id = 'd'").fetchone()[0]
+    rows = dict(await state_sql("SELECT agent_id, status FROM agents"))
+    ((spent,),) = await state_sql("SELECT spent FROM agents WHERE agent_id = 'd'")
     assert rows == {"d": "done", "f": "stopped"}
     assert spent == 10  # KV_STORE of 1 (one msgpack byte) at 0.01 gas a byte: 10 milligas
 
