@@ -165,7 +165,7 @@ async def test_agent_records_persist_status(
 
         await vm.spawn(done, agent_id="d").result()
         vm.spawn(forever, agent_id="f")
-    rows = dict(await state_sql("SELECT agent_id, status FROM agents"))
+    rows: dict[str, str] = dict(await state_sql("SELECT agent_id, status FROM agents"))
     ((spent,),) = await state_sql("SELECT spent FROM agents WHERE agent_id = 'd'")
     assert rows == {"d": "done", "f": "stopped"}
     assert spent == 10  # KV_STORE of 1 (one msgpack byte) at 0.01 gas a byte: 10 milligas
