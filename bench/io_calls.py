@@ -3,15 +3,20 @@
 What it measures
     The CPU time the *client* process spends per model call (user + system, from
     ``getrusage``, over the workload only), its throughput (calls per second of wall time) and
-    its peak resident memory, for the same workload written four ways:
+    its peak resident memory, for the same workload written several ways:
 
-    * ``avm_relaxed`` / ``avm_durable``: a real :class:`avm.VM` (``durability="relaxed"`` or
-      ``"durable"``, state in a temporary directory). Each agent calls ``ctx.run_model`` and
-      ``ctx.read_from_tool``; every call is a metered, journaled instruction. The system prompt
-      is one module-level ``Message`` shared by all agents, as the baselines share one string.
-      The model is linked to the I/O stack of :func:`avm.llm.io.build_stack` (circuit breaker,
-      response cache, coalescer, batch lane) over
-      :class:`~avm.llm.providers.openai_compat.OpenAICompatProvider`, as the VM will link it.
+    * ``avm_relaxed_chat`` / ``avm_durable_chat``: a real :class:`avm.VM`
+      (``durability="relaxed"`` or ``"durable"``, state in a temporary directory), its agents
+      written as AVM intends: each keeps its conversation with ``ctx.conversation`` (content
+      in the VM's store, the agent holding refs; RUN_MODEL journals the refs) and calls
+      ``ctx.run_model`` and ``ctx.read_from_tool``; every call is a metered, journaled
+      instruction.
+    * ``avm_relaxed`` / ``avm_durable``: the same VM, the agents passing message lists as the
+      baselines do. The system prompt is one module-level ``Message`` shared by all agents, as
+      the baselines share one string.
+      The model is :class:`~avm.llm.providers.openai_compat.OpenAICompatProvider`, which the
+      VM's linker wraps in the model's I/O stack (circuit breaker, response cache, coalescer,
+      batch lane) as it does for every configured model.
     * ``avm_relaxed_load_prompt``: as ``avm_relaxed``, but each agent first takes the prompt
       from the VM's prompt library with ``ctx.load_prompt`` (one more instruction per agent),
       which shows what journaling a 50 KB ``LOAD_PROMPT`` result costs today.
@@ -72,7 +77,16 @@ CONNECTIONS = 200
 MAX_TOKENS = 64
 MODEL = "fake-gpt"
 
-CONFIGS = ("avm_relaxed", "avm_durable", "avm_relaxed_load_prompt", "openai_sdk", "bare_aiohttp")
+CONFIGS = (
+    "avm_relaxed_chat",
+    "avm_durable_chat",
+    "avm_relaxed",
+    "avm_durable",
+    "avm_relaxed_load_prompt",
+    "openai_sdk",
+    "bare_aiohttp",
+)
+_AVM_CONFIGS = CONFIGS[:5]
 # Diagnostics (``--breakdown``): where AVM's CPU per call goes, each part measured alone.
 BREAKDOWN = ("plain_instant", "vm_instant", "vm_stack_instant", "provider_http", "stack_http")
 
@@ -123,25 +137,42 @@ async def measure(
 
 
 async def run_avm(
-    base_url: str, agents: int, durability: str, load_prompt: bool, profile: str | None
+    base_url: str,
+    agents: int,
+    durability: str,
+    load_prompt: bool,
+    profile: str | None,
+    chat: bool = False,
 ) -> Json:
     import avm
-    from avm.llm.io import IOPolicy, build_stack
     from avm.llm.providers.openai_compat import OpenAICompatProvider
 
     with tempfile.TemporaryDirectory(prefix="avm-io-bench-") as state_dir:
         vm = avm.VM(state_dir, durability=durability, max_running=agents)
         vm.prompts.add("system", SYSTEM_PROMPT)
         vm.tool("lookup", description="market figures")(lookup)
+        # The linker wraps the provider in the model's I/O stack (breaker, cache, coalescer,
+        # batch lane) itself, as for any configured model.
         raw = OpenAICompatProvider(base_url, max_connections=CONNECTIONS)
-        stack = build_stack(raw, IOPolicy(), name="default")
         vm.models.add(
             "default",
             avm.ModelConfig(provider="openai", model=MODEL, base_url=base_url),
-            provider=stack,
+            provider=raw,
         )
 
         shared_system = avm.Message("system", SYSTEM_PROMPT)
+
+        @vm.agent(name="chatter")
+        async def chatter(ctx: avm.Context, index: int) -> int:
+            conversation = ctx.conversation(system=SYSTEM_PROMPT)
+            conversation = conversation.add(f"Task {index}: summarise the market.")
+            for call in range(CALLS):
+                reply = await ctx.run_model("default", conversation, max_tokens=MAX_TOKENS)
+                conversation = conversation.append_reply(reply)
+                if call < CALLS - 1:
+                    found = await ctx.read_from_tool("lookup", f"{index}-{call}")
+                    conversation = conversation.add(f"Tool result: {found['result']}")
+            return CALLS
 
         @vm.agent(name="analyst")
         async def analyst(ctx: avm.Context, index: int) -> int:
@@ -156,10 +187,12 @@ async def run_avm(
             return CALLS
 
         async def workload() -> int:
-            handles = [vm.spawn(analyst, index=i) for i in range(agents)]
+            agent = chatter if chat else analyst
+            handles = [vm.spawn(agent, index=i) for i in range(agents)]
             return sum([await h.result() for h in handles])
 
         name = f"avm_{durability}" + ("_load_prompt" if load_prompt else "")
+        name += "_chat" if chat else ""
         async with vm:
             if profile is None:
                 return await measure(name, agents, workload)
@@ -306,16 +339,20 @@ async def run_plain(provider: Any, agents: int, config: str) -> Json:
 async def run_vm_instant(agents: int, stacked: bool) -> Json:
     """The VM's own cost per call: agents as in ``avm_relaxed``, the model answering at once."""
     import avm
-    from avm.llm.io import IOPolicy, build_stack
 
     with tempfile.TemporaryDirectory(prefix="avm-io-bench-") as state_dir:
         vm = avm.VM(state_dir, durability="relaxed", max_running=agents)
         vm.tool("lookup")(lookup)
-        provider: Any = InstantProvider()
-        if stacked:
-            provider = build_stack(provider, IOPolicy())
-        config = avm.ModelConfig(provider="openai", model=MODEL, base_url="http://unused")
-        vm.models.add("default", config, provider=provider)
+        # The linker always adds a circuit breaker; ``stacked`` keeps the default cache and
+        # coalescer too (what every configured model gets), otherwise they are turned off.
+        config = avm.ModelConfig(
+            provider="openai",
+            model=MODEL,
+            base_url="http://unused",
+            cache=stacked,
+            coalesce=stacked,
+        )
+        vm.models.add("default", config, provider=InstantProvider())
         system = avm.Message("system", SYSTEM_PROMPT)
 
         @vm.agent(name="analyst")
@@ -354,6 +391,10 @@ def run_child(config: str, base_url: str, agents: int, profile: str | None) -> J
         return asyncio.run(run_avm(base_url, agents, "relaxed", False, profile))
     if config == "avm_durable":
         return asyncio.run(run_avm(base_url, agents, "durable", False, profile))
+    if config == "avm_relaxed_chat":
+        return asyncio.run(run_avm(base_url, agents, "relaxed", False, profile, chat=True))
+    if config == "avm_durable_chat":
+        return asyncio.run(run_avm(base_url, agents, "durable", False, profile, chat=True))
     if config == "avm_relaxed_load_prompt":
         return asyncio.run(run_avm(base_url, agents, "relaxed", True, profile))
     if config == "openai_sdk":
@@ -459,7 +500,7 @@ def ratios(results: Sequence[Json]) -> Json:
     """Baseline CPU per call over AVM's (above 1: AVM spends less CPU per call)."""
     by_config = {r["config"]: r for r in results if "error" not in r}
     out: Json = {}
-    for vm in ("avm_relaxed", "avm_durable", "avm_relaxed_load_prompt"):
+    for vm in _AVM_CONFIGS:
         if vm not in by_config:
             continue
         for base in ("bare_aiohttp", "openai_sdk"):

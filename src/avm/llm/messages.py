@@ -32,6 +32,10 @@ def to_messages(value: str | Sequence[Any]) -> tuple[Message, ...]:
         elif isinstance(item, str):
             messages.append(Message("user", item))
         elif isinstance(item, dict) and item.get("role") in _ROLES:
+            if len(item) == 2 and type(content := item.get("content")) is str:
+                # The usual {"role", "content"} dict, without msgspec.convert's generality.
+                messages.append(Message(item["role"], content))
+                continue
             try:
                 messages.append(msgspec.convert(item, Message))
             except msgspec.ValidationError as exc:

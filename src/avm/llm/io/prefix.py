@@ -165,9 +165,12 @@ class PrefixTable:
         assert hint is not None
         count = hint.messages
         messages = request.messages
-        if not 0 <= count <= len(messages) or not all(
-            _is_plain_system(m) for m in messages[:count]
-        ):
+        plain = 0 <= count <= len(messages)
+        for index in range(count if plain else 0):
+            if not _is_plain_system(messages[index]):
+                plain = False
+                break
+        if not plain:
             raise ModelError(
                 f"the request's prefix hint covers {count} leading message(s), but the request "
                 f"has {len(messages)} and the shared ones must be plain system messages"
