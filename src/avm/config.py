@@ -128,6 +128,9 @@ class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
     # The content store's RAM budget ("2GB", "512MiB" or bytes); beyond it content moves to
     # compressed RAM, then to disk. None: no budget.
     memory: str | int | None = None
+    # Seconds an agent may wait on a message, timer or reply before it is passivated (its
+    # task dropped, a small record kept; woken through the journal). None: never.
+    passivate_after: float | None = None
     recover: bool = True  # on start, resume the agents the last host left unfinished
     sql_max_steps: int = 5_000_000
     sql_max_open: int = 1024
@@ -137,6 +140,11 @@ class VMConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("max_running must be at least 1")
         if self.mailbox_capacity < 1:
             raise ConfigError("mailbox_capacity must be at least 1")
+        if self.passivate_after is not None and not self.passivate_after > 0:
+            raise ConfigError(
+                f"passivate_after must be a positive number of seconds or None, "
+                f"got {self.passivate_after!r}"
+            )
         if self.durability not in ("durable", "relaxed"):
             raise ConfigError(f"durability must be 'durable' or 'relaxed', got {self.durability!r}")
 

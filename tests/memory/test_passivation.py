@@ -24,7 +24,8 @@ def test_records_round_trip_through_msgpack() -> None:
 
 def test_records_are_small() -> None:
     record = PassivatedAgent("agent-7", ContentRef(b"i" * 32), 1234, WaitReason.MESSAGE)
-    assert sys.getsizeof(record) <= 64  # six pointers and a header; no __dict__, no GC header
+    # One pointer per field and a header; no __dict__, no GC header.
+    assert sys.getsizeof(record) <= 16 + 8 * len(PassivatedAgent.__struct_fields__)
     assert not hasattr(record, "__dict__")
 
 

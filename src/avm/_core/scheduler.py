@@ -14,7 +14,9 @@ class, so no agent of a class can starve another of the same class.
         └──────────── acquire slot (by priority) ◄─────┘
 
 The scheduler also keeps the count of agents in every state and wait reason, updated on each
-transition, so stats never scan the agent table.
+transition, so stats never scan the agent table. A passivated agent (see
+:mod:`avm._core.passivation`) still counts as waiting for its reason; ``passivated`` says how
+many of the waiting agents are out of RAM.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Scheduler:
         self._queued = 0
         self.by_state = [0] * len(AgentState)
         self.by_reason = [0] * len(WaitReason)
+        self.passivated = 0
         # Instructions completed since an agent last passed through the event loop; only one
         # agent runs at a time, so this is the running agent's count (see interpreter._resume).
         self.unyielded = 0
@@ -116,3 +119,17 @@ class Scheduler:
         proc.wait_reason = reason
         if reason is not None:
             self.by_reason[reason] += 1
+
+    def passivate(self) -> None:
+        """A waiting agent left RAM: it stays counted as waiting, and as passivated."""
+        self.passivated += 1
+
+    def activate(self, reason: WaitReason) -> None:
+        """A passivated agent waiting on ``reason`` is back: uncount it (``enter`` counts it)."""
+        self.passivated -= 1
+        self.by_state[AgentState.WAITING] -= 1
+        self.by_reason[reason] -= 1
+
+    def forget(self, proc: AgentProcess) -> None:
+        """Uncount a finished agent the VM deleted."""
+        self.by_state[proc.state] -= 1

@@ -4,6 +4,10 @@ A thousand agents sleeping do not make a thousand sleeping tasks or loop timers:
 (``WAIT``, ``SCHEDULE_TASK`` ticks, message and reply timeouts) goes into one heap, and exactly
 one clock callback is armed, for the earliest deadline. When it fires, every due timer runs in
 deadline order. Cancelling a timer only marks it; the heap drops it when it reaches the top.
+
+A passivated agent re-activated by its own deadline re-issues the instruction it was waiting
+in; :meth:`TimerService.resume_at` makes the first timer that instruction arms keep the deadline
+it had before, so a ``WAIT(60)`` woken after 60 s does not wait another 60.
 """
 
 from __future__ import annotations
@@ -12,18 +16,23 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from avm._core.clock import Clock, TimerHandle
+
+if TYPE_CHECKING:
+    from avm._core.process import AgentProcess
 
 __all__ = ["Timer", "TimerService"]
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "deadline")
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], None], deadline: float) -> None:
         self.callback = callback
         self.cancelled = False
+        self.deadline = deadline
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -41,6 +50,8 @@ class TimerService:
         self._seq = itertools.count()
         self._armed: TimerHandle | None = None
         self._armed_at = float("inf")
+        # Re-activated agents' tasks -> (agent, step of the instruction, deadline to keep).
+        self._resume: dict[asyncio.Task[Any], tuple[AgentProcess, int, float]] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -49,11 +60,36 @@ class TimerService:
         return self.clock.monotonic()
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(callback)
+        if self._resume:
+            deadline = self._resumed_deadline(deadline)
+        timer = Timer(callback, deadline)
         heapq.heappush(self._heap, (deadline, next(self._seq), timer))
         if deadline < self._armed_at:
             self._arm(deadline)
         return timer
+
+    def resume_at(
+        self, task: asyncio.Task[Any], proc: AgentProcess, step: int, deadline: float
+    ) -> None:
+        """The first timer ``task`` arms while ``proc`` performs ``step`` ends at ``deadline``."""
+        self._resume[task] = (proc, step, deadline)
+
+    def forget_resume(self, task: asyncio.Task[Any]) -> None:
+        self._resume.pop(task, None)
+
+    def _resumed_deadline(self, deadline: float) -> float:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop: not an agent's instruction
+            return deadline
+        if task is None:
+            return deadline
+        found = self._resume.pop(task, None)
+        if found is None:
+            return deadline
+        proc, step, kept = found
+        # proc.step is one past the instruction being performed.
+        return kept if proc.step == step + 1 else deadline
 
     async def sleep_until(self, deadline: float) -> None:
         if deadline <= self.clock.monotonic():
@@ -101,3 +137,4 @@ class TimerService:
             self._armed.cancel()
             self._armed = None
         self._heap.clear()
+        self._resume.clear()

@@ -26,6 +26,7 @@ from avm._core.context import Context
 from avm._core.gas import GasAccount, GasLedger, to_gas, to_mgas
 from avm._core.journal import decode_value, encode_value
 from avm._core.metrics import RateMeter
+from avm._core.passivation import PASSIVATED, Passivator
 from avm._core.process import AgentDefinition, AgentFunction, AgentProcess, Capabilities
 from avm._core.recovery import RecoveryGate, restore
 from avm._core.runtime import Runtime
@@ -46,7 +47,16 @@ from avm.errors import (
 from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
-from avm.memory import ContentStore, MemoryBudget, MemoryStats
+from avm.memory import (
+    Content,
+    ContentRef,
+    ContentStore,
+    GcReport,
+    MemoryBudget,
+    MemoryStats,
+    PassivatedAgent,
+    collect,
+)
 from avm.storage import open_store
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import AgentRecord
@@ -66,7 +76,8 @@ class VMStats(msgspec.Struct, frozen=True):
     """A snapshot of what the VM is doing, for dashboards and ``vm.stats()``.
 
     ``memory`` is the content store's own snapshot: logical and stored bytes per tier, dedup and
-    compression ratios, hits and misses per tier.
+    compression ratios, hits and misses per tier. ``resident`` agents are live ones in RAM;
+    ``passivated`` ones wait out of RAM (counted in ``agents["waiting"]`` and ``waiting`` too).
     """
 
     agents: dict[str, int]
@@ -86,43 +97,60 @@ class VMStats(msgspec.Struct, frozen=True):
     rss_bytes: int
     uptime_s: float
     memory: MemoryStats
+    resident: int = 0
+    passivated: int = 0
 
 
 class AgentHandle:
-    """The host's view of one agent: its state, gas, a way to talk to it and to wait for it."""
+    """The host's view of one agent: its state, gas, a way to talk to it and to wait for it.
 
-    __slots__ = ("_proc", "_vm")
+    A handle names the agent, not one incarnation of it: it answers for the agent whether it is
+    in RAM or passivated (then it reads the passivation record, and waking it is not needed).
+    """
 
-    def __init__(self, vm: VM, proc: AgentProcess) -> None:
+    __slots__ = ("_id", "_vm")
+
+    def __init__(self, vm: VM, agent_id: str) -> None:
         self._vm = vm
-        self._proc = proc
+        self._id = agent_id
 
     def __repr__(self) -> str:
         return f"<AgentHandle {self.id} {self.state.name.lower()}>"
 
     @property
     def id(self) -> str:
-        return self._proc.id
+        return self._id
+
+    @property
+    def passivated(self) -> bool:
+        """True while the agent waits out of RAM."""
+        return self._vm._passive_record(self._id) is not None
 
     @property
     def state(self) -> AgentState:
-        return self._proc.state
+        record = self._vm._passive_record(self._id)
+        return AgentState.WAITING if record is not None else self._vm._process(self._id).state
 
     @property
     def wait_reason(self) -> WaitReason | None:
-        return self._proc.wait_reason
+        record = self._vm._passive_record(self._id)
+        return record.wait if record is not None else self._vm._process(self._id).wait_reason
 
     @property
     def step(self) -> int:
-        return self._proc.step
+        record = self._vm._passive_record(self._id)
+        return record.journal_pos + 1 if record is not None else self._vm._process(self._id).step
 
     @property
     def gas_spent(self) -> float:
-        return to_gas(self._proc.gas.spent)
+        record = self._vm._passive_record(self._id)
+        spent = record.spent if record is not None else self._vm._process(self._id).gas.spent
+        return to_gas(spent)
 
     @property
     def gas_budget(self) -> float | None:
-        budget = self._proc.gas.budget
+        record = self._vm._passive_record(self._id)
+        budget = record.budget if record is not None else self._vm._process(self._id).gas.budget
         return None if budget is None else to_gas(budget)
 
     async def send(self, data: Any, *, timeout_s: float | None = 30.0) -> Any:
@@ -143,11 +171,19 @@ class AgentHandle:
         """Wait for the agent to finish; return what its function returned.
 
         Raises :class:`AgentFailed` (with the agent's exception as ``__cause__``) or
-        :class:`AgentKilled`.
+        :class:`AgentKilled`. A passivated agent is waited for, not woken.
         """
-        proc = self._proc
-        if proc.task is not None and not proc.task.done():
-            await asyncio.wait([proc.task])  # unlike awaiting it, never raises its cancellation
+        vm = self._vm
+        while True:
+            if vm._passive_record(self._id) is not None:
+                await vm._passive_activity()
+                continue
+            proc = vm._process(self._id)
+            if proc.task is not None and not proc.task.done():
+                await asyncio.wait([proc.task])  # unlike awaiting it, never raises its cancellation
+            if proc.outcome is PASSIVATED:
+                continue  # passivated meanwhile: wait for the next incarnation
+            break
         if proc.state is AgentState.DONE:
             return proc.outcome
         if proc.state is AgentState.FAILED:
@@ -196,6 +232,9 @@ class VM:
         #: Content-addressed memory (avm.memory): shared bytes held once, under the budget.
         self.memory: ContentStore | None = None
         self._rt: Runtime | None = None
+        self._passivator: Passivator | None = None
+        # Content each agent holds (vm.hold), released when the agent is deleted.
+        self._held: dict[str, list[ContentRef]] = {}
         self._orphans: dict[str, list[AgentRecord]] = {}
         self._started_at = 0.0
         self._stopping = False
@@ -309,6 +348,19 @@ class VM:
         _raise_open_file_limit(3 * self.config.sql_max_open + 256)
         store = await open_store(self.config.store, state_dir, self.config.durability)
         timers = TimerService(self.clock)
+        memory = ContentStore(
+            state_dir,
+            budget=None if self.config.memory is None else MemoryBudget.of(self.config.memory),
+            durability=self.config.durability,
+        )
+        passivator = Passivator(
+            self.config.passivate_after,
+            processes=self._processes,
+            start=self._start_activated,
+            make_process=self._passivated_process,
+            memory=memory,
+            held=self._held,
+        )
         self._rt = Runtime(
             config=self.config,
             prices=self.config.prices,
@@ -320,7 +372,7 @@ class VM:
             ),
             scheduler=Scheduler(self.config.max_running),
             timers=timers,
-            bus=SwarmBus(timers, self._mailbox_of, StoreMessageLog(store)),
+            bus=SwarmBus(timers, self._mailbox_of, passivator.wrap_log(StoreMessageLog(store))),
             tools=self.tools,
             prompts=self.prompts,
             models=self.models,
@@ -334,11 +386,9 @@ class VM:
         )
         if self.keys is not None:
             self.keys.definition_of = self._definition_of
-        self.memory = ContentStore(
-            state_dir,
-            budget=None if self.config.memory is None else MemoryBudget.of(self.config.memory),
-            durability=self.config.durability,
-        )
+        self.memory = memory
+        self._passivator = passivator
+        passivator.bind(self._rt)
         self._rt.memory = self.memory
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
@@ -397,6 +447,11 @@ class VM:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._stopping = False
+        if self._passivator is not None:
+            # Passivated agents keep their "running" record: the next start resumes them.
+            self._passivator.close()
+            self._passivator = None
+        self._held.clear()
         rt.timers.close()
         await self.models.aclose()
         rt.sql.close()
@@ -449,7 +504,9 @@ class VM:
             while agent_id in self._processes:
                 agent_id = f"{definition.name}-{next(counter)}"
         existing = self._processes.get(agent_id)
-        if existing is not None and not existing.state.finished:
+        if (existing is not None and not existing.state.finished) or self._passive_record(
+            agent_id
+        ) is not None:
             raise AgentExists(agent_id)
         try:
             args = encode_value(kwargs, "spawn arguments")
@@ -466,7 +523,7 @@ class VM:
         # its journal starts is learnt when it does run (first_step -1 until then).
         self._record(rt, proc, args, first_step=-1)
         self._start_task(rt, proc, fresh=True, args=args)
-        return AgentHandle(self, proc)
+        return AgentHandle(self, agent_id)
 
     def _record(self, rt: Runtime, proc: AgentProcess, args: bytes, *, first_step: int) -> None:
         rt.store.agent_put(
@@ -491,9 +548,10 @@ class VM:
         fresh: bool,
         args: bytes = b"",
         record: AgentRecord | None = None,
+        activation: PassivatedAgent | None = None,
     ) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._run(rt, proc, args if fresh else None, record), name=proc.id
+            self._run(rt, proc, args if fresh else None, record, activation), name=proc.id
         )
         task.add_done_callback(lambda t: self._finished(rt, proc, t))
         proc.task = task
@@ -504,9 +562,12 @@ class VM:
         proc: AgentProcess,
         fresh_args: bytes | None,
         record: AgentRecord | None,
+        activation: PassivatedAgent | None = None,
     ) -> None:
         scheduler = rt.scheduler
-        if record is not None:
+        if activation is not None:
+            await self._reactivate(rt, proc)
+        elif record is not None:
             await restore(rt, proc, record)
         elif fresh_args is not None:
             head = await rt.store.journal_head(proc.id)
@@ -526,11 +587,55 @@ class VM:
         else:
             scheduler.move(proc, AgentState.DONE)
 
+    def _start_activated(self, proc: AgentProcess, record: PassivatedAgent) -> None:
+        self._start_task(self._runtime(), proc, fresh=False, activation=record)
+
+    def _passivated_process(self, record: PassivatedAgent) -> AgentProcess:
+        """A new process for a passivated agent; its task fills in the rest (_reactivate)."""
+        name = record.definition
+        definition = self._definitions.get(name)
+        if definition is None:
+            raise VMStateError(
+                f"agent {record.agent_id!r} was passivated running definition {name!r}, "
+                "which is no longer registered"
+            )
+        proc = AgentProcess(
+            record.agent_id, definition, {}, Priority(record.priority), record.budget
+        )
+        proc.gas.spent = record.spent
+        proc.topics = list(record.topics) if record.topics else None
+        proc.schedules = record.schedules
+        proc.context = Context(self._runtime(), proc)
+        return proc
+
+    async def _reactivate(self, rt: Runtime, proc: AgentProcess) -> None:
+        """Rebuild a passivated agent the way recovery rebuilds one after a crash.
+
+        Unlike a crash, nothing was in flight (the instruction it waited in had performed
+        nothing irreversible), so its first live step is not flagged AFTER_CRASH and does not
+        wait for the recovery gate.
+        """
+        record = await rt.store.agent_get(proc.id)
+        if record is None:
+            raise VMStateError(f"agent {proc.id!r} was passivated but has no record in the store")
+        proc.kwargs = decode_value(record.args)
+        assert self._passivator is not None
+        await restore(self._passivator.restoring(rt, proc.id), proc, record)
+        proc.recovered_step = None
+
     def _finished(self, rt: Runtime, proc: AgentProcess, task: asyncio.Task[None]) -> None:
         """Clean up after an agent's task, however it ended (even cancelled before it ran)."""
         if proc.holds_slot:
             proc.holds_slot = False
             rt.scheduler.release()
+        if self._passivator is not None:
+            self._passivator.ended(proc)
+        if proc.outcome is PASSIVATED:
+            # The agent lives on as its passivation record; this incarnation only goes away.
+            proc.mailbox = None
+            proc.context = None
+            proc.kwargs = {}
+            return
         rt.recovery.done(proc.id)  # an agent that ended while replaying no longer holds the gate
         if not task.cancelled() and task.exception() is not None:
             proc.outcome = task.exception()  # the VM failed around the agent (its store, say)
@@ -572,24 +677,58 @@ class VM:
     def _mailbox_of(self, agent_id: str) -> Mailbox | None:
         proc = self._processes.get(agent_id)
         if proc is None or proc.state.finished:
+            passivator = self._passivator
+            if passivator is not None and agent_id in passivator.records:
+                return passivator.away_mailbox  # the message log records it for the inbox
             return None
         if proc.mailbox is None:
             proc.mailbox = Mailbox(self.config.mailbox_capacity)
         return proc.mailbox
 
     def _accounts(self) -> Iterable[tuple[str, GasAccount]]:
-        return ((agent_id, proc.gas) for agent_id, proc in self._processes.items())
+        for agent_id, proc in self._processes.items():
+            yield agent_id, proc.gas
+        if self._passivator is not None:
+            for agent_id, record in list(self._passivator.records.items()):
+                account = GasAccount(record.budget)
+                account.spent = record.spent
+                yield agent_id, account
+
+    def _passive_record(self, agent_id: str) -> PassivatedAgent | None:
+        passivator = self._passivator
+        return None if passivator is None else passivator.records.get(agent_id)
+
+    async def _passive_activity(self) -> None:
+        if self._passivator is None:
+            raise VMStateError("the VM is not started: use 'async with vm:' or 'await vm.start()'")
+        await self._passivator.activity()
 
     def handle(self, agent_id: str) -> AgentHandle:
-        return AgentHandle(self, self._process(agent_id))
+        if self._passive_record(agent_id) is None:
+            self._process(agent_id)  # raises UnknownAgent
+        return AgentHandle(self, agent_id)
 
     def handles(self) -> list[AgentHandle]:
-        return [AgentHandle(self, proc) for proc in self._processes.values()]
+        ids = list(self._processes)
+        if self._passivator is not None:
+            ids.extend(self._passivator.records)
+        return [AgentHandle(self, agent_id) for agent_id in ids]
 
     def top_up(self, agent_id: str, gas: float) -> None:
         """Add ``gas`` to an agent's budget; an agent halted out of gas resumes if it now can."""
         if not gas > 0:
             raise AvmError(f"top-up for agent {agent_id!r} must be positive, got {gas!r}")
+        passive = self._passive_record(agent_id)
+        if passive is not None and passive.budget is not None:
+            assert self._passivator is not None
+            budget = passive.budget + to_mgas(gas)
+            self._passivator.records[agent_id] = msgspec.structs.replace(passive, budget=budget)
+            self._runtime().store.agent_update(
+                agent_id, status="running", spent=passive.spent, budget=budget
+            )
+            return
+        if passive is not None:
+            return  # an unlimited budget stays unlimited
         proc = self._process(agent_id)
         proc.gas.top_up(to_mgas(gas))
         rt = self._runtime()
@@ -605,20 +744,40 @@ class VM:
         await self._runtime().recovery.wait()
 
     def kill(self, agent_id: str) -> None:
+        if self._passivator is not None and agent_id in self._passivator.records:
+            # Back in RAM first, so it ends the way every killed agent does (status, swarms).
+            self._passivator.activate(agent_id)
         proc = self._process(agent_id)
         if proc.task is not None and not proc.task.done():
             proc.task.cancel()
 
     async def join(self, timeout_s: float | None = None) -> None:
         """Wait until every agent spawned so far has finished (done, failed or killed)."""
-        tasks = [
-            p.task for p in self._processes.values() if p.task is not None and not p.task.done()
-        ]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        if pending:
-            raise TimeoutError(f"{len(pending)} agents still running after {timeout_s} s")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            tasks = [
+                p.task for p in self._processes.values() if p.task is not None and not p.task.done()
+            ]
+            passivator = self._passivator
+            passive = 0 if passivator is None else len(passivator.records)
+            if not tasks and not passive:
+                return
+            waiters: list[asyncio.Task[Any]] = []
+            if tasks:
+                waiters.append(loop.create_task(asyncio.wait(tasks)))
+            if passivator is not None and passive:
+                # A passivated agent comes back as a new task: look again when one does.
+                waiters.append(loop.create_task(passivator.activity()))
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(
+                waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+            if not done:
+                unfinished = sum(1 for t in tasks if not t.done()) + passive
+                raise TimeoutError(f"{unfinished} agents still running after {timeout_s} s")
 
     # -- messages from the host ----------------------------------------------------------------
 
@@ -655,6 +814,7 @@ class VM:
         rt = self._runtime()
         now = self.clock.monotonic()
         scheduler = rt.scheduler
+        live = sum(scheduler.by_state[s] for s in AgentState if not s.finished)
         return VMStats(
             agents={s.name.lower(): scheduler.by_state[s] for s in AgentState},
             waiting={r.name.lower(): scheduler.by_reason[r] for r in WaitReason},
@@ -668,11 +828,13 @@ class VM:
             gas_spent=to_gas(self.ledger.total),
             timers=len(rt.timers),
             swarms=rt.bus.topic_count,
-            messages_delivered=rt.bus.delivered,
+            messages_delivered=rt.bus.delivered + self._away().delivered_away,
             journal_commits=getattr(rt.store, "commits", 0),
             rss_bytes=psutil.Process().memory_info().rss,
             uptime_s=now - self._started_at,
             memory=self._content().stats(),
+            resident=live - scheduler.passivated,
+            passivated=scheduler.passivated,
         )
 
     def _content(self) -> ContentStore:
@@ -680,10 +842,97 @@ class VM:
             raise VMStateError("the VM is not started: use 'async with vm:' or 'await vm.start()'")
         return self.memory
 
+    def _away(self) -> Passivator:
+        if self._passivator is None:
+            raise VMStateError("the VM is not started: use 'async with vm:' or 'await vm.start()'")
+        return self._passivator
+
     def agent_count(self, state: Literal["live", "all"] = "live") -> int:
+        passive = 0 if self._passivator is None else len(self._passivator.records)
         if state == "all":
-            return len(self._processes)
-        return sum(1 for p in self._processes.values() if not p.state.finished)
+            return len(self._processes) + passive
+        return sum(1 for p in self._processes.values() if not p.state.finished) + passive
+
+    # -- passivation -----------------------------------------------------------------------------
+
+    def passivate_idle(self) -> int:
+        """Passivate now every agent idle longer than ``passivate_after``; how many were.
+
+        The VM does this by itself a few times per threshold; this runs one sweep on demand.
+        """
+        self._runtime()
+        return self._away().sweep()
+
+    def passivate(self, agent_id: str) -> bool:
+        """Passivate one waiting agent now, however long it has waited.
+
+        False if it is not waiting where passivation is safe (a message, a timer or a reply
+        inside an instruction, with nobody blocked sending to it).
+        """
+        self._runtime()
+        passivator = self._away()
+        if agent_id in passivator.records:
+            return True
+        return passivator.passivate(self._process(agent_id))
+
+    # -- content agents hold, and deleting agents ------------------------------------------------
+
+    def hold(self, agent_id: str, content: Content) -> ContentRef:
+        """Store ``content`` in the VM's content store on behalf of an agent; its ref.
+
+        The agent holds it until it is deleted (``vm.delete``), however many times its code
+        (re-run after a crash or a passivation) stores the same content: one hold per agent and
+        content. While the agent is passivated, what only it holds moves to the cold tier.
+        """
+        store = self._content()
+        if self._passive_record(agent_id) is None:
+            self._process(agent_id)  # raises UnknownAgent
+        ref = store.put(content, hold=False)
+        held = self._held.setdefault(agent_id, [])
+        if ref not in held:
+            store.incref(ref)
+            held.append(ref)
+        return ref
+
+    def held(self, agent_id: str) -> tuple[ContentRef, ...]:
+        """The refs ``agent_id`` holds (see :meth:`hold`)."""
+        record = self._passive_record(agent_id)
+        if record is not None and record.memory is not None:
+            children, _ = self._content().read_links(record.memory)
+            return children
+        return tuple(self._held.get(agent_id, ()))
+
+    async def delete(self, agent_id: str) -> None:
+        """Kill the agent if it has not finished, then forget it and release its content.
+
+        The content only it held becomes garbage (``vm.collect()`` reclaims it); content other
+        agents hold stays. Its journal, state and records stay in the state store (history);
+        the agent id can be spawned again as a new incarnation.
+        """
+        rt = self._runtime()
+        if self._passive_record(agent_id) is not None:
+            self._away().activate(agent_id)
+        proc = self._process(agent_id)
+        task = proc.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if self._processes.get(agent_id) is proc:
+            del self._processes[agent_id]
+            rt.scheduler.forget(proc)
+        store = self._content()
+        for ref in self._held.pop(agent_id, ()):
+            store.decref(ref)
+
+    def collect(self) -> GcReport:
+        """Reclaim content that no agent holds (see :mod:`avm.memory.gc`).
+
+        Roots are the holds: content agents hold with :meth:`hold`, passivated agents' saved
+        memory, and anything held through ``vm.memory`` directly. Content stored with
+        ``hold=False`` and not held since is reclaimed.
+        """
+        self._runtime()
+        return collect(self._content())
 
 
 def _raise_open_file_limit(wanted: int) -> None:

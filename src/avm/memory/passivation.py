@@ -29,18 +29,33 @@ _encoder = msgspec.msgpack.Encoder()
 class PassivatedAgent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An idle agent, reduced to what re-activating it needs.
 
-    ``wake`` says what ends the wait: a deadline (monotonic seconds) for a timer, a task or
-    request id for a response, a topic for a subscription; ``None`` for "any message".
-    ``memory`` is a *held* ref (usually :meth:`Conversation.save`): release it with
-    ``store.decref`` once the agent is active again and holds its conversation itself.
+    ``image`` is the content-addressed image the agent runs (None for a Python agent; then
+    ``definition`` names its registered definition). ``journal_pos`` is the step of the instruction it waits in: the
+    first step with no journal entry yet. ``wake`` says what ends the wait: a deadline
+    (monotonic seconds) for a timer, a task or request id for a response, a topic for a
+    subscription; ``None`` for "any message". ``memory`` is a *held* ref (a link list of the
+    content the agent holds): release it with ``store.decref`` once the agent is active again
+    and holds that content itself.
+
+    The VM's own records fill the rest: ``deadline`` is when the wait ends by itself (a timer,
+    or a message wait's timeout); ``priority``, ``budget`` and ``spent`` (milligas) answer for
+    the agent while it is out of RAM; ``topics`` and ``schedules`` are the swarm memberships
+    and schedule grids it had, which replay from a checkpoint would not re-create.
     """
 
     agent_id: str
-    image: ContentRef
+    image: ContentRef | None
     journal_pos: int
     wait: WaitReason
     wake: str | float | None = None
     memory: ContentRef | None = None
+    deadline: float | None = None
+    priority: int = 1
+    budget: int | None = None
+    spent: int = 0
+    topics: tuple[str, ...] = ()
+    schedules: dict[str, tuple[float, float, int]] | None = None
+    definition: str = ""
 
     def encode(self) -> bytes:
         """The record as msgpack (an array of its fields)."""
@@ -55,6 +70,7 @@ class PassivatedAgent(msgspec.Struct, frozen=True, gc=False, array_like=True):
 def roots_of(records: Iterable[PassivatedAgent]) -> Iterator[ContentRef]:
     """The content refs a set of passivated agents keeps alive (GC roots)."""
     for record in records:
-        yield record.image
+        if record.image is not None:
+            yield record.image
         if record.memory is not None:
             yield record.memory

@@ -1,0 +1,372 @@
+"""Passivation: agents idle on a message, timer or reply leave RAM and come back on demand.
+
+An agent parked in an instruction costs its task, the chain of suspended coroutines between its
+code and the future it awaits, its mailbox and whatever its frames hold. None of that is needed
+to wake it: its journal already says how to rebuild it, which is what recovery does after a
+crash. So an agent that has waited longer than ``VM(passivate_after=...)`` is reduced to one
+:class:`~avm.memory.PassivatedAgent` and its task is cancelled; an event it waits for brings
+it back by re-running it through :func:`avm._core.recovery.restore` and replay::
+
+    WAITING ──idle > passivate_after──► passivated (a record; task cancelled, nothing journaled)
+       ▲                                   │ a message / the awaited reply / its deadline
+       └── replay up to the instruction ◄──┘ new task: restore (journal, inbox) + replay
+
+Why this is invisible to the agent: only three suspensions are passivated, each inside an
+instruction that has performed nothing irreversible before it (``SwarmBus.receive``,
+``SwarmBus.wait_replies`` and ``TimerService.sleep_until``; a SWARM_FETCH's request re-sent
+with the same id is deduplicated by the durable inbox). The instruction never got a journal
+entry, so the re-run agent replays every entry it had and issues it again, at the same step.
+Its deadline is kept (``TimerService.resume_at``), not restarted.
+
+No message is lost or doubled: while an agent is passivated, and while it is being activated
+until :func:`restore` has read its inbox, deliveries to it are only recorded in the durable
+inbox (the message log returns "not delivered live"), and that read picks them all up; from the
+read on, deliveries go live. The switch happens inside the read's return, with no suspension
+between it and restore filling the mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, cast
+
+from avm._core.interpreter import execute
+from avm._core.process import AgentProcess
+from avm._core.states import AgentState, WaitReason
+from avm._core.timers import TimerService
+from avm.memory import ContentRef, ContentStore, PassivatedAgent, Tier
+from avm.storage.base import StateStore
+from avm.swarm.bus import MessageLog, SwarmBus
+from avm.swarm.mailbox import Envelope, Mailbox
+
+if TYPE_CHECKING:
+    from avm._core.runtime import Runtime
+
+__all__ = ["PASSIVATED", "Passivator"]
+
+log = logging.getLogger(__name__)
+
+#: The outcome a passivated agent's cancelled task leaves behind (not a kill).
+PASSIVATED: Any = object()
+
+# The suspensions passivation understands: code object -> the local holding the awaited future.
+_RECEIVE = SwarmBus.receive.__code__
+_REPLIES = SwarmBus.wait_replies.__code__
+_SLEEP = TimerService.sleep_until.__code__
+_FUTURE_OF = {_RECEIVE: "getter", _REPLIES: "waiter", _SLEEP: "future"}
+_EXECUTE = execute.__code__
+_IDLE_REASONS = (WaitReason.MESSAGE, WaitReason.TIMER)
+# Sweep this many times per threshold: an agent passivates between 1 and 1.25 thresholds idle.
+_SWEEPS_PER_THRESHOLD = 4
+
+
+class _Wait:
+    """Where a passivation candidate is suspended, read from its coroutine chain."""
+
+    __slots__ = ("deadline", "kind", "task_id")
+
+    def __init__(self, kind: Any, deadline: float | None, task_id: str | None) -> None:
+        self.kind = kind
+        self.deadline = deadline
+        self.task_id = task_id
+
+
+def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
+    """The wait ``task`` is parked in, if it is one passivation may interrupt; else None."""
+    coro: Any = task.get_coro()
+    in_instruction = False
+    while True:
+        awaited = getattr(coro, "cr_await", None)
+        if not isinstance(awaited, CoroutineType):
+            break
+        if coro.cr_code is _EXECUTE:
+            in_instruction = True
+        coro = awaited
+    code = getattr(coro, "cr_code", None)
+    name = None if code is None else _FUTURE_OF.get(code)
+    frame = getattr(coro, "cr_frame", None)
+    if not in_instruction or name is None or frame is None:
+        return None
+    local = frame.f_locals
+    future = local.get(name)
+    if not isinstance(future, asyncio.Future) or future.done():
+        return None  # woken already: it runs on its own
+    if code is _SLEEP:
+        return _Wait(code, float(local["deadline"]), None)
+    timer = local.get("timer")
+    deadline = None if timer is None else float(timer.deadline)
+    return _Wait(code, deadline, str(local["task_id"]) if code is _REPLIES else None)
+
+
+class _InboxTap:
+    """The state store as :func:`restore` sees it while activating one agent.
+
+    Its inbox read switches the agent's deliveries to live as it returns: nothing can arrive
+    between the read and restore filling the mailbox from it.
+    """
+
+    def __init__(self, store: StateStore, on_read: Callable[[], None]) -> None:
+        self._store = store
+        self._on_read = on_read
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def inbox_pending(self, agent_id: str) -> list[bytes]:
+        pending = await self._store.inbox_pending(agent_id)
+        self._on_read()
+        return pending
+
+
+class _Log:
+    """The swarm's message log, holding deliveries to agents out of RAM in the inbox only."""
+
+    def __init__(self, inner: MessageLog, passivator: Passivator) -> None:
+        self._inner = inner
+        self._passivator = passivator
+
+    def delivered(self, agent_id: str, envelope: Envelope) -> bool:
+        if not self._inner.delivered(agent_id, envelope):
+            return False
+        passivator = self._passivator
+        if passivator.holds(agent_id):
+            passivator.delivered_while_away(agent_id, envelope)
+            return False  # recorded: the agent's restore reads it from the inbox
+        return True
+
+    def consumed(self, agent_id: str, envelope: Envelope) -> None:
+        self._inner.consumed(agent_id, envelope)
+
+
+class Passivator:
+    """The VM's table of passivated agents, the sweep that fills it and the wake-ups.
+
+    ``start`` starts an activated agent's task (the VM's ``_start_task``); ``held`` is the VM's
+    table of content each agent holds, folded into one link list while the agent is away.
+    """
+
+    def __init__(
+        self,
+        after_s: float | None,
+        *,
+        processes: dict[str, AgentProcess],
+        start: Callable[[AgentProcess, PassivatedAgent], None],
+        make_process: Callable[[PassivatedAgent], AgentProcess],
+        memory: ContentStore,
+        held: dict[str, list[ContentRef]],
+    ) -> None:
+        self._rt_: Runtime | None = None
+        self.after_s = after_s
+        self._processes = processes
+        self._start = start
+        self._make_process = make_process
+        self._memory = memory
+        self._held = held
+        self.records: dict[str, PassivatedAgent] = {}
+        self._activating: set[str] = set()
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._sweep_timer: Any = None
+        self._closed = False
+        self._activity: asyncio.Future[None] | None = None
+        self.passivations = 0
+        self.activations = 0
+        self.delivered_away = 0
+        # A mailbox to hand the bus for agents out of RAM: it is never put to, since the log
+        # reports those deliveries as recorded only.
+        self.away_mailbox = Mailbox(1)
+
+    def wrap_log(self, inner: MessageLog) -> MessageLog:
+        return _Log(inner, self)
+
+    def bind(self, rt: Runtime) -> None:
+        """Attach to the runtime built around the wrapped log, and start sweeping."""
+        self._rt_ = rt
+        if self.after_s is not None:
+            self._arm()
+
+    @property
+    def _rt(self) -> Runtime:
+        assert self._rt_ is not None, "Passivator.bind(rt) first"
+        return self._rt_
+
+    # -- state -----------------------------------------------------------------------------
+
+    def holds(self, agent_id: str) -> bool:
+        """True while deliveries to ``agent_id`` must go to its inbox only."""
+        return agent_id in self.records or agent_id in self._activating
+
+    async def activity(self) -> None:
+        """Wait until some passivated agent is activated (for result() and join())."""
+        if self._activity is None or self._activity.done():
+            self._activity = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._activity)
+
+    def _notify(self) -> None:
+        if self._activity is not None and not self._activity.done():
+            self._activity.set_result(None)
+
+    # -- the sweep ---------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        assert self.after_s is not None
+        timers = self._rt.timers
+        self._sweep_timer = timers.call_at(
+            timers.now() + self.after_s / _SWEEPS_PER_THRESHOLD, self._tick
+        )
+
+    def _tick(self) -> None:
+        self.sweep()
+        if not self._closed:
+            self._arm()
+
+    def sweep(self) -> int:
+        """Passivate every agent idle longer than the threshold; how many were."""
+        if self._closed or self.after_s is None:
+            return 0
+        now = self._rt.timers.now()
+        old, seen = self._seen, {}
+        after = self.after_s
+        demote: list[ContentRef] = []
+        count = 0
+        for proc in list(self._processes.values()):
+            if proc.state is not AgentState.WAITING or proc.wait_reason not in _IDLE_REASONS:
+                continue
+            prev = old.get(proc.id)
+            since = prev[1] if prev is not None and prev[0] == proc.step else now
+            if now - since >= after and self.passivate(proc, demote):
+                count += 1
+                continue
+            seen[proc.id] = (proc.step, since)
+        self._seen = seen
+        if demote:
+            self._memory.demote(demote, Tier.COLD)
+        if count:
+            log.debug("passivated %d idle agents", count)
+        return count
+
+    def passivate(self, proc: AgentProcess, demote: list[ContentRef] | None = None) -> bool:
+        """Drop ``proc``'s task and objects for a record, if it waits where that is safe."""
+        task = proc.task
+        reason = proc.wait_reason
+        if (
+            task is None
+            or task.done()
+            or proc.state is not AgentState.WAITING
+            or reason not in _IDLE_REASONS
+            or proc.replay is not None
+            or (proc.mailbox is not None and proc.mailbox.blocked_senders)
+        ):
+            return False
+        wait = _suspension(task)
+        if wait is None:
+            return False
+        assert reason is not None
+        rt = self._rt
+        if wait.task_id is not None:
+            # Replies already in the slot are pending in the inbox: restore puts them back.
+            rt.bus.forget(wait.task_id)
+        memory = None
+        held = self._held.pop(proc.id, None)
+        if held:
+            memory = self._memory.put_links(held)
+            if demote is not None:
+                demote.append(memory)
+                demote.extend(ref for ref in held if self._memory.holds(ref) == 1)
+        wake: str | float | None = wait.task_id
+        if wait.kind is _SLEEP:
+            wake = wait.deadline
+        record = PassivatedAgent(
+            proc.id,
+            None,
+            proc.step - 1,
+            reason,
+            wake,
+            memory,
+            wait.deadline,
+            int(proc.priority),
+            proc.gas.budget,
+            proc.gas.spent,
+            tuple(proc.topics) if proc.topics else (),
+            proc.schedules,
+            proc.definition.name,
+        )
+        self.records[proc.id] = record
+        del self._processes[proc.id]
+        rt.scheduler.passivate()
+        proc.outcome = PASSIVATED
+        task.cancel()
+        if wait.deadline is not None:
+            rt.timers.call_at(wait.deadline, lambda: self._deadline(record))
+        self.passivations += 1
+        return True
+
+    # -- waking ------------------------------------------------------------------------------
+
+    def delivered_while_away(self, agent_id: str, envelope: Envelope) -> None:
+        self.delivered_away += 1
+        record = self.records.get(agent_id)
+        if record is None:
+            return  # being activated: its restore reads the inbox
+        if record.wait is WaitReason.MESSAGE:
+            if record.wake is None:
+                wakes = envelope.kind != "reply"
+            else:
+                wakes = envelope.kind == "reply" and envelope.reply_to == record.wake
+            if wakes:
+                self.activate(agent_id)
+
+    def _deadline(self, record: PassivatedAgent) -> None:
+        if self.records.get(record.agent_id) is record:
+            self.activate(record.agent_id)
+
+    def activate(self, agent_id: str) -> AgentProcess | None:
+        """Bring a passivated agent back: a new process whose task restores and replays it."""
+        record = self.records.pop(agent_id, None)
+        if record is None:
+            return None
+        rt = self._rt
+        proc = self._make_process(record)
+        rt.scheduler.activate(record.wait)
+        rt.scheduler.enter(proc, AgentState.READY)
+        self._processes[agent_id] = proc
+        self._activating.add(agent_id)
+        if record.memory is not None:
+            children, _ = self._memory.read_links(record.memory)
+            held = self._held.setdefault(agent_id, [])
+            held.extend(ref for ref in children if ref not in held)
+            self._memory.decref(record.memory)
+        self._start(proc, record)
+        if record.deadline is not None and proc.task is not None:
+            rt.timers.resume_at(proc.task, proc, record.journal_pos, record.deadline)
+        self.activations += 1
+        self._notify()
+        return proc
+
+    def restoring(self, rt: Runtime, agent_id: str) -> Runtime:
+        """The runtime :func:`restore` uses for an activation: its inbox read goes live."""
+
+        def live() -> None:
+            self._activating.discard(agent_id)
+
+        tap = cast(StateStore, _InboxTap(rt.store, live))
+        return dataclasses.replace(rt, store=tap)
+
+    def ended(self, proc: AgentProcess) -> None:
+        """An activated agent's task ended (however): it no longer waits for its inbox read."""
+        self._activating.discard(proc.id)
+        if proc.task is not None:
+            self._rt.timers.forget_resume(proc.task)
+
+    def close(self) -> None:
+        """The VM stops: passivated agents stay as their store records say (running)."""
+        self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self.records.clear()
+        self._activating.clear()
+        self._seen.clear()
+        self._notify()
