@@ -22,12 +22,13 @@ secret is masked before it reaches an exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import time
-from collections.abc import Mapping
-from typing import Final, NoReturn
+from collections.abc import Iterator, Mapping
+from typing import Final, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -50,6 +51,8 @@ from avm.llm.io.http import (
 __all__ = ["DEFAULT_RETRY_STATUSES", "ModelTransport", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 """Statuses that say "try again later" rather than "your request is wrong"."""
@@ -276,6 +279,38 @@ class ModelTransport:
                 attempt += 1
                 continue
             self._raise_status(status, detail, where, model, attempt, retry_after)
+
+    @contextlib.contextmanager
+    def reading(self, stream: HttpStream, *, where: str, model: str) -> Iterator[HttpStream]:
+        """Read an open stream's body: HTTP failures on the way become avm.errors, and the
+        stream is closed at the end (what every provider's streamed reply needs)."""
+        try:
+            yield stream
+        except HttpTimeout as exc:
+            raise ModelTimeout(
+                self.describe(where, model, f"stream stalled for {self.timeout_s:g} s")
+            ) from exc
+        except HttpDisconnected as exc:
+            raise ProviderUnavailable(
+                self.describe(where, model, f"stream cut off: {exc}")
+            ) from exc
+        except HttpProtocolError as exc:
+            raise ModelError(self.describe(where, model, f"unreadable stream: {exc}")) from exc
+        except HttpError as exc:
+            raise ProviderUnavailable(self.describe(where, model, f"stream failed: {exc}")) from exc
+        finally:
+            stream.close()
+
+    def decode_event(
+        self, decoder: msgspec.json.Decoder[T], data: bytes, *, where: str, model: str, what: str
+    ) -> T:
+        """One server-sent event's JSON payload; a malformed one is a ModelError quoting it."""
+        try:
+            return decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ModelError(
+                self.describe(where, model, f"malformed {what} ({exc}): {self.quote(data)}")
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the connection pool; the transport cannot be used afterwards."""

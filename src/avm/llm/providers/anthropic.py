@@ -45,7 +45,6 @@ from typing import Any, Final
 import msgspec
 
 from avm.errors import ConfigError, ModelError, ModelTimeout, ProviderUnavailable, RateLimited
-from avm.llm.io.http import HttpDisconnected, HttpError, HttpProtocolError, HttpTimeout
 from avm.llm.io.prefix import PREFIXES, SharedPrefix
 from avm.llm.io.streams import ReplyStream
 from avm.llm.io.transport import ModelTransport
@@ -590,19 +589,14 @@ class AnthropicStream(ReplyStream):
         stop: str | None = None
         reply_model = model
         ended = False
-        try:
+        with transport.reading(stream, where=where, model=model):
             async for line in stream.lines():
                 if not line.startswith(b"data:"):
                     continue  # "event:" names repeat the data's type; blank lines separate
                 data = line[5:].strip()
-                try:
-                    event = _EVENT_DECODER.decode(data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise ModelError(
-                        transport.describe(
-                            where, model, f"malformed stream event ({exc}): {transport.quote(data)}"
-                        )
-                    ) from exc
+                event = transport.decode_event(
+                    _EVENT_DECODER, data, where=where, model=model, what="stream event"
+                )
                 kind = event.type
                 if kind == "content_block_delta" and event.delta is not None:
                     delta = event.delta
@@ -644,22 +638,6 @@ class AnthropicStream(ReplyStream):
                     raise _error_for(error.type, message)
             if ended:
                 await stream.read()  # to the end of the body, so the connection is reused
-        except HttpTimeout as exc:
-            raise ModelTimeout(
-                transport.describe(where, model, f"stream stalled for {transport.timeout_s:g} s")
-            ) from exc
-        except HttpDisconnected as exc:
-            raise ProviderUnavailable(
-                transport.describe(where, model, f"stream cut off: {exc}")
-            ) from exc
-        except HttpProtocolError as exc:
-            raise ModelError(transport.describe(where, model, f"unreadable stream: {exc}")) from exc
-        except HttpError as exc:
-            raise ProviderUnavailable(
-                transport.describe(where, model, f"stream failed: {exc}")
-            ) from exc
-        finally:
-            stream.close()
         if not ended:
             raise ProviderUnavailable(transport.describe(where, model, "stream ended early"))
         usage = _usage(usage_in)

@@ -35,8 +35,7 @@ from typing import Any, Final
 
 import msgspec
 
-from avm.errors import ModelError, ModelTimeout, ProviderUnavailable, RateLimited
-from avm.llm.io.http import HttpDisconnected, HttpError, HttpProtocolError, HttpTimeout
+from avm.errors import ModelError, ProviderUnavailable, RateLimited
 from avm.llm.io.prefix import PREFIXES, SharedPrefix
 from avm.llm.io.streams import ReplyStream
 from avm.llm.io.transport import ModelTransport
@@ -631,7 +630,7 @@ class ModelStream(ReplyStream):
         finish: str | None = None
         reply_model = model
         done = False
-        try:
+        with transport.reading(stream, where=where, model=model):
             async for line in stream.lines():
                 if not line.startswith(b"data:"):
                     continue  # blank separators, ": keep-alive" comments, "event:" lines
@@ -639,14 +638,9 @@ class ModelStream(ReplyStream):
                 if data == b"[DONE]":
                     done = True
                     break
-                try:
-                    chunk = _CHUNK_DECODER.decode(data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise ModelError(
-                        transport.describe(
-                            where, model, f"malformed stream chunk ({exc}): {transport.quote(data)}"
-                        )
-                    ) from exc
+                chunk = transport.decode_event(
+                    _CHUNK_DECODER, data, where=where, model=model, what="stream chunk"
+                )
                 if chunk.model:
                     reply_model = chunk.model
                 if chunk.usage is not None:
@@ -672,22 +666,6 @@ class ModelStream(ReplyStream):
             if done:
                 # Read to the end of the body so the connection can be reused.
                 await stream.read()
-        except HttpTimeout as exc:
-            raise ModelTimeout(
-                transport.describe(where, model, f"stream stalled for {transport.timeout_s:g} s")
-            ) from exc
-        except HttpDisconnected as exc:
-            raise ProviderUnavailable(
-                transport.describe(where, model, f"stream cut off: {exc}")
-            ) from exc
-        except HttpProtocolError as exc:
-            raise ModelError(transport.describe(where, model, f"unreadable stream: {exc}")) from exc
-        except HttpError as exc:
-            raise ProviderUnavailable(
-                transport.describe(where, model, f"stream failed: {exc}")
-            ) from exc
-        finally:
-            stream.close()
         if not done and finish is None:
             raise ProviderUnavailable(
                 transport.describe(where, model, "stream ended before completion")
