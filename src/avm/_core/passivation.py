@@ -272,10 +272,14 @@ class Passivator:
         memory = None
         held = self._held.pop(proc.id, None)
         if held:
+            # One held link list stands for the agent's holds; what only it holds goes to disk
+            # (in one batch per sweep when the sweep passes ``demote``).
             memory = self._memory.put_links(held)
-            if demote is not None:
-                demote.append(memory)
-                demote.extend(ref for ref in held if self._memory.holds(ref) == 1)
+            cold = demote if demote is not None else []
+            cold.append(memory)
+            cold.extend(ref for ref in held if self._memory.holds(ref) == 1)
+            if demote is None:
+                self._memory.demote(cold, Tier.COLD)
         wake: str | float | None = wait.task_id
         if wait.kind is _SLEEP:
             wake = wait.deadline

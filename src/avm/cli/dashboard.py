@@ -280,6 +280,8 @@ def _agents_panel(snap: Snapshot) -> Panel:
             # Every reason, even at zero, so rows do not jump around between refreshes.
             for reason, waiting in stats.waiting.items():
                 table.add_row(f"  on {reason}", _int(waiting), style=None if waiting else "dim")
+    table.add_row("in RAM", _int(stats.resident))
+    table.add_row("passivated", _int(stats.passivated), style=None if stats.passivated else "dim")
     total = snap.total_agents
     ended = total - snap.live_agents
     table.add_row("ended", f"{ended:,} of {total:,}", style="bold")
@@ -343,6 +345,7 @@ def progress_line(snap: Snapshot) -> str:
         f"waiting {agents.get('waiting', 0):,}{f' ({waits})' if waits else ''} "
         f"out-of-gas {agents.get('out_of_gas', 0):,} | done {agents.get('done', 0):,} "
         f"failed {agents.get('failed', 0):,} killed {agents.get('killed', 0):,} | "
+        f"in RAM {s.resident:,} passivated {s.passivated:,} | "
         f"{s.instructions_per_s:,.0f} instr/s | model {s.model_requests_per_s:,.1f} req/s "
         f"{s.model_latency_ms:,.0f} ms | gas {s.gas_spent:,.1f} | rss {_mib(s.rss_bytes)}"
     )
