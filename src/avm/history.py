@@ -1,7 +1,8 @@
 """Agent history, read offline from a state directory: verify hash chains, print a log.
 
-These functions open the state database read-only and never need a running VM, so ``avm verify``
-and ``avm log`` work on a copy of a state directory, or beside a VM that is running on it.
+These functions read a state store without a running VM (:mod:`avm.storage.offline`): a SQLite
+state directory, opened read-only, so ``avm verify`` and ``avm log`` work on a copy of one or
+beside a VM running on it, or a PostgreSQL store named by its URL.
 
 Verification recomputes every entry's BLAKE3 hash from its fields and the previous entry's hash,
 and checks the links between entries and, where the VM signed a chain head, its ed25519
@@ -14,10 +15,7 @@ its key, or the entry is reported with what is wrong with its payload.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -31,22 +29,23 @@ from avm._core.journal import (
     describe_ref,
     ref_key,
 )
-from avm.errors import AvmError, StorageError
-from avm.identity import SignedHead, verify_head
+from avm.errors import AvmError
+from avm.identity import verify_head
+from avm.storage.offline import OfflineStore, open_offline
 
 __all__ = [
     "ChainBreak",
     "GasTotals",
     "HistoryEntry",
     "VerifyReport",
-    "agent_entries",
+    "check_chain",
+    "check_payload",
     "gas_totals",
     "log",
     "verify",
 ]
 
 _decoder = msgspec.msgpack.Decoder()
-_COLUMNS = "agent_id, step, op, args_digest, status, result, gas, wall, prev_hash, hash, flags"
 
 
 class ChainBreak(msgspec.Struct, frozen=True):
@@ -78,31 +77,6 @@ class HistoryEntry(msgspec.Struct, frozen=True):
     flags: list[str]
 
 
-def _connect(state_dir: str | Path) -> sqlite3.Connection:
-    path = Path(state_dir) / "state.db"
-    if not path.exists():
-        raise AvmError(f"no AVM state database at {path}")
-    try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open {path}: {exc}") from None
-
-
-def _entry(row: Any) -> JournalEntry:
-    return JournalEntry(
-        row[0], row[1], row[2], bytes(row[3]), EntryStatus(row[4]), bytes(row[5]), row[6], row[7],
-        bytes(row[8]), bytes(row[9]), row[10],
-    )  # fmt: skip
-
-
-def agent_entries(db: sqlite3.Connection, agent_id: str | None) -> Iterator[JournalEntry]:
-    where, params = ("WHERE agent_id = ?", (agent_id,)) if agent_id else ("", ())
-    for row in db.execute(
-        f"SELECT {_COLUMNS} FROM journal {where} ORDER BY agent_id, step", params
-    ):
-        yield _entry(row)
-
-
 def check_chain(entries: list[JournalEntry]) -> ChainBreak | None:
     """The first broken link in one agent's entries (ordered by step), or None."""
     prev = GENESIS
@@ -126,14 +100,6 @@ def check_chain(entries: list[JournalEntry]) -> ChainBreak | None:
     return None
 
 
-def read_blob(db: sqlite3.Connection, key: bytes) -> bytes | None:
-    try:
-        row = db.execute("SELECT data FROM blobs WHERE hash = ?", (key,)).fetchone()
-    except sqlite3.OperationalError:  # made before payloads were stored by hash: none there
-        return None
-    return None if row is None else bytes(row[0])
-
-
 def check_payload(entry: JournalEntry, blob: bytes | None) -> ChainBreak | None:
     """What is wrong with the payload an entry refers to (``blob``, as found), or None."""
     key = ref_key(entry.result)
@@ -148,41 +114,34 @@ def check_payload(entry: JournalEntry, blob: bytes | None) -> ChainBreak | None:
     return ChainBreak(entry.agent_id, entry.step, reason)
 
 
-def _check_payloads(db: sqlite3.Connection, entries: list[JournalEntry]) -> ChainBreak | None:
+def _check_payloads(store: OfflineStore, entries: list[JournalEntry]) -> ChainBreak | None:
     for entry in entries:
         key = ref_key(entry.result)
         if key is not None:
-            broken = check_payload(entry, read_blob(db, key))
+            broken = check_payload(entry, store.blob(key))
             if broken is not None:
                 return broken
     return None
 
 
-def _signed_heads(db: sqlite3.Connection) -> dict[str, SignedHead]:
-    try:
-        rows = db.execute(
-            "SELECT agent_id, step, hash, public_key, signature FROM chain_heads"
-        ).fetchall()
-    except sqlite3.OperationalError:  # a state directory no VM has signed heads in yet
-        return {}
-    return {r[0]: SignedHead(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4])) for r in rows}
+def verify(
+    state_dir: str | Path, agent_id: str | None = None, *, store: str | None = None
+) -> VerifyReport:
+    """Recompute the hash chains of one agent (or all) and check their payloads and signed heads.
 
-
-def verify(state_dir: str | Path, agent_id: str | None = None) -> VerifyReport:
-    """Recompute the hash chains of one agent (or all) and check their signed heads."""
-    db = _connect(state_dir)
+    ``store`` names a PostgreSQL state store (a ``postgresql://`` URL); without it, the SQLite
+    database of ``state_dir`` is read.
+    """
+    source = open_offline(state_dir, store)
     try:
-        heads = _signed_heads(db)
+        heads = source.signed_heads()
         breaks: list[ChainBreak] = []
         agents = entries_seen = signed = 0
-        current: list[JournalEntry] = []
 
         def finish(entries: list[JournalEntry]) -> None:
             nonlocal agents, signed
-            if not entries:
-                return
             agents += 1
-            broken = check_chain(entries) or _check_payloads(db, entries)
+            broken = check_chain(entries) or _check_payloads(source, entries)
             if broken is not None:
                 breaks.append(broken)
                 return
@@ -196,19 +155,18 @@ def verify(state_dir: str | Path, agent_id: str | None = None) -> VerifyReport:
                     ChainBreak(head.agent_id, head.step, "the signed chain head does not match")
                 )
 
-        try:
-            for entry in agent_entries(db, agent_id):
-                entries_seen += 1
-                if current and current[0].agent_id != entry.agent_id:
-                    finish(current)
-                    current = []
-                current.append(entry)
+        current: list[JournalEntry] = []
+        for entry in source.entries(agent_id):
+            entries_seen += 1
+            if current and current[0].agent_id != entry.agent_id:
+                finish(current)
+                current = []
+            current.append(entry)
+        if current:
             finish(current)
-        except (sqlite3.DatabaseError, ValueError) as exc:
-            raise StorageError(f"the state database is damaged: {exc}") from None
         return VerifyReport(agents, entries_seen, signed, breaks)
     finally:
-        db.close()
+        source.close()
 
 
 def _summary(data: bytes, limit: int = 80, blob: bytes | None = None) -> str:
@@ -228,20 +186,17 @@ def _summary(data: bytes, limit: int = 80, blob: bytes | None = None) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def log(state_dir: str | Path, agent_id: str) -> list[HistoryEntry]:
+def log(state_dir: str | Path, agent_id: str, *, store: str | None = None) -> list[HistoryEntry]:
     """An agent's journal, oldest first, in readable form."""
-    db = _connect(state_dir)
+    source = open_offline(state_dir, store)
     try:
-        entries = list(agent_entries(db, agent_id))
-        blobs = {
-            key: read_blob(db, key)
-            for key in {ref_key(e.result) for e in entries} - {None}
-            if key is not None
-        }
+        entries = list(source.entries(agent_id))
+        keys = {key for e in entries if (key := ref_key(e.result)) is not None}
+        blobs = {key: source.blob(key) for key in keys}
     finally:
-        db.close()
+        source.close()
     if not entries:
-        raise AvmError(f"agent {agent_id!r} has no journal in {state_dir}")
+        raise AvmError(f"agent {agent_id!r} has no journal in {store or state_dir}")
     return [
         HistoryEntry(
             step=e.step,
@@ -262,17 +217,15 @@ class GasTotals(msgspec.Struct, frozen=True):
     by_instruction: dict[str, float]
 
 
-def gas_totals(state_dir: str | Path) -> GasTotals:
-    """Gas charged in a state directory, summed from the journal (exact, in gas)."""
-    db = _connect(state_dir)
+def gas_totals(state_dir: str | Path, *, store: str | None = None) -> GasTotals:
+    """Gas charged in a state store, summed from the journal (exact, in gas)."""
+    source = open_offline(state_dir, store)
     try:
-        by_agent = {
-            str(a): g / 1000
-            for a, g in db.execute("SELECT agent_id, sum(gas) FROM journal GROUP BY agent_id")
-        }
-        by_op = {
-            str(o): g / 1000 for o, g in db.execute("SELECT op, sum(gas) FROM journal GROUP BY op")
-        }
+        by_agent, by_op = source.gas()
     finally:
-        db.close()
-    return GasTotals(sum(by_agent.values()), by_agent, by_op)
+        source.close()
+    return GasTotals(
+        sum(by_agent.values()) / 1000,
+        {a: g / 1000 for a, g in by_agent.items()},
+        {o: g / 1000 for o, g in by_op.items()},
+    )

@@ -1,7 +1,7 @@
 """A small agent for the history and portability tests, importable and runnable as a program.
 
-usage: keeper.py STATE_DIR MESSAGE — resume agent ``k`` in STATE_DIR, send it MESSAGE, print
-what it returns.
+usage: keeper.py STATE_DIR MESSAGE [STORE_URL] — resume agent ``k`` in STATE_DIR (and the
+PostgreSQL store STORE_URL, if given), send it MESSAGE, print what it returns.
 
 The keeper follows the checkpoint pattern: it loads its state first, does its setup only when
 it has none, and saves the state as the last instruction of the setup.
@@ -33,8 +33,8 @@ def define(vm: avm.VM) -> avm.AgentDefinition:
     return keeper
 
 
-async def resume(state_dir: str, message: str) -> str:
-    async with avm.VM(state_dir) as vm:
+async def resume(state_dir: str, message: str, store: str | None) -> str:
+    async with avm.VM(state_dir, store=store) as vm:
         define(vm)
         handle = vm.handle("k")
         await handle.post(message)
@@ -42,4 +42,4 @@ async def resume(state_dir: str, message: str) -> str:
 
 
 if __name__ == "__main__":
-    print(asyncio.run(resume(sys.argv[1], sys.argv[2])))
+    print(asyncio.run(resume(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)))

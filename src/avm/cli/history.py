@@ -8,6 +8,9 @@ history, read from a state directory without starting a VM.
     avm gas [--state-dir .avm] [--top 20]     gas spent, by agent and by instruction
     avm export AGENT -o FILE [--state-dir .avm]
     avm import FILE [--state-dir .avm]
+
+Each takes ``--store postgresql://...`` (or ``AVM_STORE``) for a VM whose state store is
+PostgreSQL; its identity keys and agents' SQL files stay in the state directory.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ from avm.portable import export_agent, import_agent
 __all__ = ["export_command", "gas_command", "import_command", "log_command", "verify_command"]
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="The VM's state directory.")]
+Store = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="AVM_STORE",
+        help="The VM's state store, if not the state directory's SQLite: a postgresql:// URL.",
+    ),
+]
 
 
 def _console() -> Console:
@@ -36,9 +47,10 @@ def _console() -> Console:
 def verify_command(
     agent: Annotated[str | None, typer.Argument(help="Only this agent.")] = None,
     state_dir: StateDir = Path(".avm"),
+    store: Store = None,
 ) -> None:
-    """Recompute the journal's hash chains and signed heads; report the first broken link."""
-    report = verify(state_dir, agent)
+    """Recompute the journal's hash chains, payloads and signed heads; report broken links."""
+    report = verify(state_dir, agent, store=store)
     console = _console()
     for broken in report.breaks:
         console.print(
@@ -58,12 +70,13 @@ def verify_command(
 def log_command(
     agent: Annotated[str, typer.Argument(help="The agent whose history to print.")],
     state_dir: StateDir = Path(".avm"),
+    store: Store = None,
 ) -> None:
     """Print an agent's history: instruction, result summary, gas and time of each step."""
     table = Table(title=f"journal of {agent}", title_justify="left")
     for column in ("step", "time", "instruction", "result", "gas", "notes"):
         table.add_column(column, justify="right" if column in ("step", "gas") else "left")
-    for entry in log(state_dir, agent):
+    for entry in log(state_dir, agent, store=store):
         when = datetime.datetime.fromtimestamp(entry.wall).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         result = entry.result if entry.ok else f"[red]error[/red] {entry.result}"
         table.add_row(
@@ -75,9 +88,10 @@ def log_command(
 def gas_command(
     state_dir: StateDir = Path(".avm"),
     top: Annotated[int, typer.Option(min=1, help="How many agents to list.")] = 20,
+    store: Store = None,
 ) -> None:
     """Gas charged, from the journal: totals by instruction and the most expensive agents."""
-    totals = gas_totals(state_dir)
+    totals = gas_totals(state_dir, store=store)
     console = _console()
     by_op = Table(title="gas by instruction", title_justify="left")
     by_op.add_column("instruction")
@@ -97,16 +111,18 @@ def export_command(
     agent: Annotated[str, typer.Argument(help="The agent to export.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write.")],
     state_dir: StateDir = Path(".avm"),
+    store: Store = None,
 ) -> None:
-    """Write an agent (image, journal, storage, identity) to one archive."""
-    path = export_agent(state_dir, agent, output)
+    """Write an agent (image, journal, payloads, storage, identity) to one archive."""
+    path = export_agent(state_dir, agent, output, store=store)
     print(f"exported {agent} to {path} ({path.stat().st_size:,} bytes)")
 
 
 def import_command(
     archive: Annotated[Path, typer.Argument(help="An archive written by 'avm export'.")],
     state_dir: StateDir = Path(".avm"),
+    store: Store = None,
 ) -> None:
     """Import an agent archive; the agent resumes when a VM with its definition starts there."""
-    agent = import_agent(state_dir, archive)
-    print(f"imported {agent} into {state_dir}")
+    agent = import_agent(state_dir, archive, store=store)
+    print(f"imported {agent} into {store or state_dir}")

@@ -34,7 +34,7 @@ from avm.config import Durability
 from avm.errors import StorageError, VMStateError
 from avm.storage.base import AgentRecord
 
-__all__ = ["PostgresStateStore"]
+__all__ = ["PostgresStateStore", "create_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,14 @@ _DELETED = object()  # overlay marker: written as deleted, not yet committed
 _KNOWN_BLOBS = 65_536  # committed blob keys remembered; past this the set starts over
 
 
+async def create_schema(conn: asyncpg.Connection) -> None:
+    """Create the store's tables where missing."""
+    # Concurrent VMs starting on one database must not race creating the schema.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(727175)")
+        await conn.execute(_SCHEMA)
+
+
 class PostgresStateStore:
     def __init__(self, pool: asyncpg.Pool, durability: Durability) -> None:
         self._pool = pool
@@ -123,10 +131,8 @@ class PostgresStateStore:
         settings = {"synchronous_commit": "on" if durability == "durable" else "off"}
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=4, server_settings=settings)
-            # Concurrent VMs starting on one database must not race creating the schema.
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(727175)")
-                await conn.execute(_SCHEMA)
+            async with pool.acquire() as conn:
+                await create_schema(conn)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot open the PostgreSQL state store: {exc}") from None
         return cls(pool, durability)
