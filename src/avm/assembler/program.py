@@ -25,6 +25,7 @@ arguments, as a Python agent does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -63,8 +64,11 @@ from avm.config import ModelConfig
 from avm.errors import CapabilityDenied, ConfigError, InvalidArgument, ToolError
 from avm.llm.linker import KEYED_PROVIDERS, ModelKey, model_tool
 from avm.llm.types import Message, ModelReply, ToolCall, ToolSpec
+from avm.tools.registry import Tool as RegisteredTool
 
 __all__ = ["register", "vm_name"]
+
+log = logging.getLogger(__name__)
 
 # The access a tool instruction needs, and how a refusal words it.
 _TOOL_MODES: Final = {
@@ -98,22 +102,38 @@ class _Links:
     """How template names map to what the VM knows, and what the template may do with tools."""
 
     def __init__(
-        self, template: Template, models: Mapping[str, str], prompts: Mapping[str, str]
+        self,
+        template: Template,
+        models: Mapping[str, str],
+        prompts: Mapping[str, str],
+        confined: Mapping[str, RegisteredTool] | None = None,
     ) -> None:
         self.template = template.name
         self.models = dict(models)
         self.prompts = dict(prompts)
         self.tools: dict[str, Tool] = dict(template.tools)
-        #: Template tool name → the VM tool its agents call (a confined copy for network tools).
-        self.tool_names: dict[str, str] = {}
+        #: The template's network tools, confined to its declared hosts, by template name; its
+        #: agents call them by their VM names (``tool_names``).
+        self.confined: dict[str, RegisteredTool] = dict(confined or {})
+        self.tool_names = {name: tool.name for name, tool in self.confined.items()}
 
     def tool_arg(self, name: Any) -> Any:
         """A tool offered to a model: its declared schema if the template has one, else the
-        name (the VM then offers the schema the tool was registered with)."""
+        name (the VM then offers the schema the tool was registered with). A confined tool is
+        offered under the template's name for it, with the schema of the tool it confines."""
         tool = self.tools.get(name) if isinstance(name, str) else None
-        if tool is None or tool.schema is None:
+        if tool is None:
             return name
-        return ToolSpec(name, tool.description, tool.schema)
+        confined = self.confined.get(name)
+        if tool.schema is not None:
+            return ToolSpec(name, tool.description, tool.schema)
+        if confined is not None:
+            return ToolSpec(name, tool.description or confined.description, confined.parameters)
+        return name
+
+    def tool(self, name: Any) -> Any:
+        """The VM name of a template's tool (names it does not declare pass unchanged)."""
+        return self.tool_names.get(name, name) if isinstance(name, str) else name
 
     def fix(self, op: Op, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """Translate template names in an instruction's arguments to VM names.
@@ -141,6 +161,7 @@ class _Links:
                     f"template {self.template!r} declares tool {args[0]!r} with access "
                     f"{tool.access}, so it may not be {mode[1]}"
                 )
+            return (self.tool(args[0]), *args[1:])
         return args
 
 
@@ -283,7 +304,7 @@ class _React(_Step):
             return f"error: the arguments are not valid JSON: {exc}"
         op = Op.WRITE_TO_TOOL if access == "write" else Op.READ_FROM_TOOL
         try:
-            result = await execute(run.rt, run.proc, op, (call.name, arguments))
+            result = await execute(run.rt, run.proc, op, (self.links.tool(call.name), arguments))
         except (ToolError, InvalidArgument) as exc:
             return f"error: {exc.message}"
         return render_text(result)
@@ -466,6 +487,7 @@ class _Linking:
     links: _Links
     models: list[tuple[str, ModelConfig, str | None]]  # VM name, config, key secret
     prompts: list[tuple[str, str]]
+    tools: list[RegisteredTool]  # confined copies of network tools
 
 
 def _key_name(key: ModelKey | None) -> str | None:
@@ -476,6 +498,7 @@ def _link(vm: VM, template: Template) -> _Linking:
     """Check the template against the VM and decide the names its models and prompts get."""
     problems: list[str] = []
     registered = set(vm.tools.names())
+    confined: dict[str, RegisteredTool] = {}
     for name, tool in template.tools.items():
         if name not in registered:
             problems.append(f"tool {name!r} is not registered in this VM")
@@ -485,6 +508,24 @@ def _link(vm: VM, template: Template) -> _Linking:
             problems.append(f"tool {name!r} cannot be read, but the template reads it")
         if tool.access in ("write", "both") and found.write is None:
             problems.append(f"tool {name!r} cannot be written to, but the template writes it")
+        if found.confine is None:
+            if tool.hosts:
+                # The host's own Python code: what it reaches is the host's business.
+                log.debug("template %s: tool %s is in-process; its hosts are not enforced",
+                          template.name, name)  # fmt: skip
+            continue
+        if not tool.hosts:
+            problems.append(
+                f"tool {name!r} reaches the network: declare the hosts the template may reach "
+                f"with it (tools.{name}.hosts)"
+            )
+            continue
+        try:
+            confined[name] = found.confine(
+                vm_name(template.name, name), frozenset(tool.hosts), template.name
+            )
+        except ConfigError as exc:
+            problems.append(str(exc))
     new_models: list[tuple[str, ModelConfig, str | None]] = []
     models: dict[str, str] = {}
     for name, model in template.models.items():
@@ -545,7 +586,12 @@ def _link(vm: VM, template: Template) -> _Linking:
         raise ConfigError(
             f"template {template.name!r} cannot run in this VM: " + "; ".join(problems)
         )
-    return _Linking(_Links(template, models, prompts), new_models, new_prompts)
+    return _Linking(
+        _Links(template, models, prompts, confined),
+        new_models,
+        new_prompts,
+        list(confined.values()),
+    )
 
 
 def _grant_secrets(vm: VM, template: Template, links: _Links) -> None:
@@ -599,6 +645,8 @@ def register(vm: VM, image: Image) -> AgentDefinition:
         vm.models.add(target, config, key=key)
     for target, text in linking.prompts:
         vm.prompts.add(target, text)
+    for tool in linking.tools:
+        vm.tools.replace(tool)
     links = linking.links
     program = _Program(template, links)
 
@@ -611,7 +659,7 @@ def register(vm: VM, image: Image) -> AgentDefinition:
         name=template.name,
         budget=template.budget,
         priority=template.priority,
-        tools=list(template.tools),
+        tools=sorted(links.tool(name) for name in template.tools),
         models=sorted(set(links.models.values())),
         prompts=sorted(set(links.prompts.values())),
     )(run_template)

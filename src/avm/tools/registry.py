@@ -47,13 +47,23 @@ def _wants_invocation(fn: ToolFunction) -> bool:
         return False
 
 
+#: ``confine(name, hosts, owner)``: a copy of a network tool named ``name`` that reaches only
+#: ``hosts`` (of those the tool may reach), as template ``owner`` declared them.
+Confine = Callable[[str, frozenset[str], str], "Tool"]
+
+
 @dataclass(slots=True)
 class Tool:
+    """A named tool. ``confine`` is set by tools that reach the network through AVM's HTTP
+    boundary (the ``http`` tool, service connectors): the assembler uses it to give a
+    template's agents a copy limited to the hosts the template declares."""
+
     name: str
     description: str = ""
     read: ToolFunction | None = None
     write: ToolFunction | None = None
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    confine: Confine | None = None
     _read_wants: bool = False
     _write_wants: bool = False
 
@@ -124,6 +134,11 @@ class ToolRegistry:
             return fn
 
         return decorate
+
+    def replace(self, tool: Tool) -> Tool:
+        """Register ``tool``, replacing any tool of that name (a template registered again)."""
+        self._tools[tool.name] = tool
+        return tool
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)

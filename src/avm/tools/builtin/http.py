@@ -36,7 +36,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from avm.errors import CapabilityDenied, InvalidArgument, ToolError
+from avm.errors import CapabilityDenied, ConfigError, InvalidArgument, ToolError
 from avm.keys.handles import SecretHandle, as_handle
 from avm.keys.manager import KeyManager
 from avm.tools.registry import Tool, ToolInvocation
@@ -135,15 +135,36 @@ class _Request(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Boundary:
-    """What an HTTP tool needs at the edge: policy, the session, and the keys."""
+    """What an HTTP tool needs at the edge: policy, the session, and the keys.
+
+    ``declared`` narrows the policy for a copy of the tool confined to what one template
+    declares (:meth:`confined`): a URL must then pass both.
+    """
 
     def __init__(
-        self, name: str, policy: HttpPolicy, client: HttpClient, keys: KeyManager | None
+        self,
+        name: str,
+        policy: HttpPolicy,
+        client: HttpClient,
+        keys: KeyManager | None,
+        declared: tuple[str, HttpPolicy] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         self.client = client
         self.keys = keys
+        self.declared = declared
+
+    def confined(self, name: str, hosts: frozenset[str], owner: str) -> _Boundary:
+        """This boundary under ``name``, reaching only ``hosts`` (as template ``owner`` declared
+        them) of those it may reach now; secrets are revealed for ``name``'s grants."""
+        return _Boundary(
+            name,
+            self.policy,
+            self.client,
+            self.keys,
+            (owner, msgspec.structs.replace(self.policy, allowed_hosts=hosts)),
+        )
 
     def reveal(self, value: Any, invocation: ToolInvocation, where: str) -> str:
         handle = as_handle(value)
@@ -165,6 +186,13 @@ class _Boundary:
             allowed = ", ".join(sorted(self.policy.allowed_hosts)) or "none"
             raise CapabilityDenied(
                 f"tool {self.name!r} may not reach host {url.host!r} (allowed: {allowed})"
+            )
+        if self.declared is not None and not self.declared[1].allows(url):
+            owner, declared = self.declared
+            hosts = ", ".join(sorted(declared.allowed_hosts)) or "none"
+            raise CapabilityDenied(
+                f"tool {self.name!r} may not reach host {url.host!r}: template {owner!r} "
+                f"declares only these hosts for it: {hosts}"
             )
         if url.scheme == "http" and not _is_loopback(url.host):
             raise CapabilityDenied(f"tool {self.name!r} sends to {url.host!r} over https only")
@@ -280,53 +308,64 @@ def http_tool(
     name: str = "http",
 ) -> Tool:
     """A general HTTP tool: GET/HEAD by reading, POST/PUT/PATCH/DELETE by writing."""
-    boundary = _Boundary(name, policy, client, keys)
-    allowed = {"method", "url", "headers", "params", "json", "body"}
+    return _http_tool(_Boundary(name, policy, client, keys))
 
-    def build(payload: Any, methods: frozenset[str], default: str, inv: ToolInvocation) -> _Request:
-        if isinstance(payload, str):
-            payload = {"url": payload}
-        if not isinstance(payload, dict):
-            raise InvalidArgument(f"{name} takes an object with a 'url'")
-        unknown = set(payload) - allowed
-        if unknown:
-            raise InvalidArgument(f"{name} does not take {', '.join(sorted(unknown))}")
-        method = str(payload.get("method", default)).upper()
-        if method not in methods:
-            raise InvalidArgument(
-                f"method {method} is not allowed here; use one of {', '.join(sorted(methods))}"
-            )
-        raw_url = payload.get("url")
-        if not isinstance(raw_url, str):
-            raise InvalidArgument("url must be a string")
-        try:
-            url = URL(raw_url)
-        except (ValueError, TypeError):
-            raise InvalidArgument(f"{raw_url!r} is not a URL") from None
-        boundary.check_url(url)  # before any secret is revealed for it
-        params = (
-            _headers(boundary, payload.get("params"), inv, "params") if "params" in payload else {}
+
+_HTTP_FIELDS = frozenset({"method", "url", "headers", "params", "json", "body"})
+
+
+def _http_request(
+    boundary: _Boundary, payload: Any, methods: frozenset[str], inv: ToolInvocation
+) -> _Request:
+    name = boundary.name
+    if isinstance(payload, str):
+        payload = {"url": payload}
+    if not isinstance(payload, dict):
+        raise InvalidArgument(f"{name} takes an object with a 'url'")
+    unknown = set(payload) - _HTTP_FIELDS
+    if unknown:
+        raise InvalidArgument(f"{name} does not take {', '.join(sorted(unknown))}")
+    default = "GET" if methods is _READ_METHODS else "POST"
+    method = str(payload.get("method", default)).upper()
+    if method not in methods:
+        raise InvalidArgument(
+            f"method {method} is not allowed here; use one of {', '.join(sorted(methods))}"
         )
-        headers = _headers(boundary, payload.get("headers"), inv)
-        body, content_type = _body(payload)
-        if body is not None and method in _READ_METHODS:
-            raise InvalidArgument(f"{method} requests carry no body")
-        if method in _WRITE_METHODS:
-            headers.setdefault("Idempotency-Key", inv.idempotency_key)
-        return _Request(
-            method=method, url=url, headers=headers, params=params, body=body,
-            content_type=content_type,
-        )  # fmt: skip
+    raw_url = payload.get("url")
+    if not isinstance(raw_url, str):
+        raise InvalidArgument("url must be a string")
+    try:
+        url = URL(raw_url)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"{raw_url!r} is not a URL") from None
+    boundary.check_url(url)  # before any secret is revealed for it
+    params = _headers(boundary, payload.get("params"), inv, "params") if "params" in payload else {}
+    headers = _headers(boundary, payload.get("headers"), inv)
+    body, content_type = _body(payload)
+    if body is not None and method in _READ_METHODS:
+        raise InvalidArgument(f"{method} requests carry no body")
+    if method in _WRITE_METHODS:
+        headers.setdefault("Idempotency-Key", inv.idempotency_key)
+    return _Request(
+        method=method, url=url, headers=headers, params=params, body=body,
+        content_type=content_type,
+    )  # fmt: skip
 
+
+def _http_tool(boundary: _Boundary) -> Tool:
     async def read(query: Any, *, invocation: ToolInvocation) -> dict[str, Any]:
-        return await boundary.send(build(query, _READ_METHODS, "GET", invocation))
+        return await boundary.send(_http_request(boundary, query, _READ_METHODS, invocation))
 
     async def write(data: Any, *, invocation: ToolInvocation) -> dict[str, Any]:
-        return await boundary.send(build(data, _WRITE_METHODS, "POST", invocation))
+        return await boundary.send(_http_request(boundary, data, _WRITE_METHODS, invocation))
 
-    hosts = ", ".join(sorted(policy.allowed_hosts))
+    def confine(name: str, hosts: frozenset[str], owner: str) -> Tool:
+        return _http_tool(boundary.confined(name, hosts, owner))
+
+    policy = boundary.policy if boundary.declared is None else boundary.declared[1]
+    hosts = ", ".join(sorted(policy.allowed_hosts)) or "no host"
     return Tool(
-        name=name,
+        name=boundary.name,
         description=f"HTTP requests to {hosts}. Read: GET/HEAD. Write: POST/PUT/PATCH/DELETE.",
         read=read,
         write=write,
@@ -346,6 +385,7 @@ def http_tool(
             "required": ["url"],
             "additionalProperties": False,
         },
+        confine=confine,
     )
 
 
@@ -398,51 +438,60 @@ def connector_tool(
     policy = HttpPolicy(
         allowed_hosts=connector.hosts(), timeout_s=timeout_s, max_response_bytes=max_response_bytes
     )
-    boundary = _Boundary(connector.name, policy, client, keys)
-    base = URL(connector.base_url)
+    return _connector_tool(connector, _Boundary(connector.name, policy, client, keys))
 
-    def build(route: Route, payload: Any, inv: ToolInvocation) -> _Request:
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
-            raise InvalidArgument(f"{connector.name} takes an object")
-        unknown = set(payload) - route.fields()
-        if unknown:
+
+def _route_request(
+    connector: ServiceConnector, boundary: _Boundary, route: Route, payload: Any,
+    inv: ToolInvocation,
+) -> _Request:  # fmt: skip
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise InvalidArgument(f"{connector.name} takes an object")
+    unknown = set(payload) - route.fields()
+    if unknown:
+        raise InvalidArgument(
+            f"{connector.name} does not take {', '.join(sorted(unknown))} "
+            f"(it takes {', '.join(sorted(route.fields())) or 'nothing'})"
+        )
+    missing = [f for f in route.required if f not in payload]
+    if missing:
+        raise InvalidArgument(f"{connector.name} needs {', '.join(missing)}")
+
+    def fill(match: re.Match[str]) -> str:
+        value = payload.get(match.group(1))
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        # One plain path segment: nothing that could climb or add segments to the route.
+        if not isinstance(value, str) or not _SEGMENT.fullmatch(value) or value in {".", ".."}:
             raise InvalidArgument(
-                f"{connector.name} does not take {', '.join(sorted(unknown))} "
-                f"(it takes {', '.join(sorted(route.fields())) or 'nothing'})"
+                f"{connector.name}: {match.group(1)} must be a plain name "
+                "(letters, digits, '.', '_', '-', ':', '@', '~')"
             )
-        missing = [f for f in route.required if f not in payload]
-        if missing:
-            raise InvalidArgument(f"{connector.name} needs {', '.join(missing)}")
+        return value
 
-        def fill(match: re.Match[str]) -> str:
-            value = payload.get(match.group(1))
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)
-            # One plain path segment: nothing that could climb or add segments to the route.
-            if not isinstance(value, str) or not _SEGMENT.fullmatch(value) or value in {".", ".."}:
-                raise InvalidArgument(
-                    f"{connector.name}: {match.group(1)} must be a plain name "
-                    "(letters, digits, '.', '_', '-', ':', '@', '~')"
-                )
-            return value
+    base = URL(connector.base_url)
+    path = re.sub(r"{(\w+)}", fill, route.path)
+    url = base.with_path(base.path.rstrip("/") + path, encoded=True)
+    boundary.check_url(url)  # before any secret is revealed for it
+    params = {k: str(payload[k]) for k in route.query if k in payload}
+    body_fields = {k: payload[k] for k in route.body if k in payload}
+    body = json.dumps(body_fields).encode() if route.body else None
+    headers = _headers(boundary, dict(connector.auth), inv)
+    if route.method.upper() in _WRITE_METHODS:
+        headers["Idempotency-Key"] = inv.idempotency_key
+    return _Request(
+        method=route.method.upper(), url=url, headers=headers, params=params, body=body,
+        content_type="application/json" if body is not None else None,
+    )  # fmt: skip
 
-        path = re.sub(r"{(\w+)}", fill, route.path)
-        url = base.with_path(base.path.rstrip("/") + path, encoded=True)
-        params = {k: str(payload[k]) for k in route.query if k in payload}
-        body_fields = {k: payload[k] for k in route.body if k in payload}
-        body = json.dumps(body_fields).encode() if route.body else None
-        headers = _headers(boundary, dict(connector.auth), inv)
-        if route.method.upper() in _WRITE_METHODS:
-            headers["Idempotency-Key"] = inv.idempotency_key
-        return _Request(
-            method=route.method.upper(), url=url, headers=headers, params=params, body=body,
-            content_type="application/json" if body is not None else None,
-        )  # fmt: skip
 
-    async def call(route: Route, payload: Any, invocation: ToolInvocation) -> Any:
-        result = await boundary.send(build(route, payload, invocation))
+def _connector_tool(connector: ServiceConnector, boundary: _Boundary) -> Tool:
+    async def call(route: Route | None, payload: Any, invocation: ToolInvocation) -> Any:
+        assert route is not None
+        request = _route_request(connector, boundary, route, payload, invocation)
+        result = await boundary.send(request)
         if result["status"] >= 400:
             raise ToolError(
                 f"{connector.name}: {route.method} {route.path} answered {result['status']}: "
@@ -453,12 +502,21 @@ def connector_tool(
     read_route, write_route = connector.read, connector.write
 
     async def read(query: Any, *, invocation: ToolInvocation) -> Any:
-        assert read_route is not None
         return await call(read_route, query, invocation)
 
     async def write(data: Any, *, invocation: ToolInvocation) -> Any:
-        assert write_route is not None
         return await call(write_route, data, invocation)
+
+    def confine(name: str, hosts: frozenset[str], owner: str) -> Tool:
+        # A connector's URL is fixed: a template that does not declare its host could make no
+        # call at all, which is a mistake to report when the template is registered.
+        base = URL(connector.base_url)
+        if not HttpPolicy(allowed_hosts=hosts).allows(base):
+            raise ConfigError(
+                f"tool {connector.name!r} reaches {base.host}:{base.port}, which template "
+                f"{owner!r} does not declare in its hosts ({', '.join(sorted(hosts)) or 'none'})"
+            )
+        return _connector_tool(connector, boundary.confined(name, hosts, owner))
 
     properties: dict[str, Any] = {
         f: {"type": "string"}
@@ -467,11 +525,12 @@ def connector_tool(
         for f in sorted(route.fields())
     }
     return Tool(
-        name=connector.name,
+        name=boundary.name,
         description=connector.description,
         read=read if read_route is not None else None,
         write=write if write_route is not None else None,
         parameters={"type": "object", "properties": properties, "additionalProperties": False},
+        confine=confine,
     )
 
 
