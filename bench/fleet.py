@@ -24,6 +24,14 @@ How
 
     * ``avm``: N agents of one VM (``durability="relaxed"``, state in a temporary directory),
       parked in ``ctx.receive()``; "all waiting" is read from ``vm.stats()``.
+    * ``avm_store``: the same agents, but each stores its prompt and its 8 turns in the VM's
+      content store (``vm.hold``) and keeps only the 9 refs in its frame: the prompt is held
+      once for the fleet. ``VM(memory="2GB")``.
+    * ``avm_passivated``: ``avm_store`` with ``passivate_after`` (0.2 s): RSS is read once every
+      agent has been passivated by the VM (its task dropped, its own content moved to disk).
+      Agents are spawned in waves of 20,000 that passivate before the next wave, so the peak
+      of live tasks stays bounded; run it at 1,000,000 with ``--agents 1000000 --configs
+      avm_passivated --repeat 1``.
     * ``naive``: no VM, no tasks; N dicts each holding its prompt and conversation. The floor:
       what the data costs as plain Python objects.
     * ``bare_asyncio``: N plain asyncio tasks holding the same locals and awaiting their own
@@ -74,7 +82,7 @@ TURN_BYTES = 256
 CONVERSATION_BYTES = CONVERSATION_TURNS * TURN_BYTES
 CONTENT_BYTES = PROMPT_BYTES + CONVERSATION_BYTES
 
-AGENT_CONFIGS = ("naive", "bare_asyncio", "avm")
+AGENT_CONFIGS = ("naive", "bare_asyncio", "avm", "avm_store", "avm_passivated")
 CONFIGS = (*AGENT_CONFIGS, "process_per_agent")
 DEFAULT_AGENTS = (10_000, 100_000)
 QUICK_AGENTS = (2_000,)
@@ -88,6 +96,12 @@ POLL_S = 0.002
 # Memory a child may need per agent (content, objects, allocator slack), with a margin: a
 # configuration that would not fit in available memory is skipped instead of swapping or OOMing.
 NEED_BYTES_PER_AGENT = 96 * 1024
+# What the content-store configurations need per agent (the prompt is stored once).
+NEED_BYTES_PER_STORE_AGENT = 16 * 1024
+
+# avm_passivated: agents idle this long are passivated; spawned in waves of this many.
+PASSIVATE_AFTER_S = 0.2
+WAVE = 20_000
 
 _LINE = (
     "You are a careful analyst agent. Read the market data you are given, reason step by step, "
@@ -289,6 +303,74 @@ async def run_avm(agents: int) -> Json:
     )
 
 
+async def run_avm_store(agents: int, passivate: bool) -> Json:
+    """N agents of one VM whose prompt and conversation live in the VM's content store.
+
+    Each agent stores its prompt and its 8 turns with ``vm.hold`` and keeps only the 9 refs in
+    its frame, then parks in ``ctx.receive()``. With ``passivate``, the VM passivates them
+    (``passivate_after``) and RSS is read once all are out of RAM; agents are spawned in waves
+    of ``WAVE`` that passivate before the next, so a million never need their tasks at once.
+    """
+    import avm
+
+    with tempfile.TemporaryDirectory(prefix="avm-fleet-") as state_dir:
+        vm = avm.VM(
+            state_dir,
+            durability="relaxed",
+            memory="2GB",
+            passivate_after=PASSIVATE_AFTER_S if passivate else None,
+        )
+
+        @vm.agent(name="fleet")
+        async def fleet_agent(ctx: avm.Context, index: int) -> int:
+            refs = [vm.hold(ctx.agent_id, build_prompt())]
+            refs.extend(
+                vm.hold(ctx.agent_id, turn["content"]) for turn in build_conversation(index)
+            )
+            await ctx.receive()
+            return len(refs)
+
+        async with vm:
+            before = rss_bytes()
+            phase = Phase.start()
+            spawned = 0
+            wave = WAVE if passivate else agents
+            while spawned < agents:
+                upto = min(agents, spawned + wave)
+                for index in range(spawned, upto):
+                    vm.spawn(fleet_agent, index=index)
+                spawned = upto
+                while True:
+                    stats = vm.stats()
+                    parked = stats.passivated if passivate else stats.waiting["message"]
+                    if parked >= spawned:
+                        break
+                    if stats.agents["failed"] or stats.agents["killed"]:
+                        raise RuntimeError(f"agents ended before parking: {stats.agents}")
+                    await asyncio.sleep(POLL_S)
+            spawn = phase.stop()
+            after = rss_bytes()
+            stats = vm.stats()
+            memory = stats.memory
+            start = time.perf_counter()
+        stop_s = time.perf_counter() - start
+    return _result(
+        "avm_passivated" if passivate else "avm_store",
+        agents,
+        spawn,
+        before,
+        after,
+        stop_s=round(stop_s, 4),
+        resident=stats.resident,
+        passivated=stats.passivated,
+        store_ram_bytes=memory.ram_bytes,
+        store_ram_bytes_per_agent=round(memory.ram_bytes / agents),
+        store_cold_bytes=memory.cold.stored_bytes,
+        store_dedup_ratio=memory.dedup_ratio,
+        rss_bytes_beyond_store_ram_per_agent=round((after - before - memory.ram_bytes) / agents),
+    )
+
+
 async def run_process_per_agent(launched_at: float) -> Json:
     """One fresh process with aiohttp and a ClientSession holding one agent's data.
 
@@ -329,6 +411,8 @@ def run_child(config: str, agents: int, launched_at: float) -> Json:
         return asyncio.run(run_bare_asyncio(agents))
     if config == "avm":
         return asyncio.run(run_avm(agents))
+    if config in ("avm_store", "avm_passivated"):
+        return asyncio.run(run_avm_store(agents, passivate=config == "avm_passivated"))
     if config == "process_per_agent":
         return asyncio.run(run_process_per_agent(launched_at))
     raise ValueError(f"unknown configuration {config!r}; expected one of {', '.join(CONFIGS)}")
@@ -367,9 +451,10 @@ def launch(config: str, agents: int, timeout_s: float) -> Json:
     return result
 
 
-def fits_in_memory(agents: int) -> str | None:
+def fits_in_memory(agents: int, config: str = "avm") -> str | None:
     """None if a configuration of ``agents`` should fit in available memory, else why not."""
-    need = agents * NEED_BYTES_PER_AGENT
+    per_agent = NEED_BYTES_PER_STORE_AGENT if config.startswith("avm_") else NEED_BYTES_PER_AGENT
+    need = agents * per_agent
     available = int(psutil.virtual_memory().available)
     if need <= available:
         return None
@@ -473,7 +558,7 @@ def run_all(
         for config in AGENT_CONFIGS:
             if config not in configs:
                 continue
-            why_not = fits_in_memory(n)
+            why_not = fits_in_memory(n, config)
             if why_not is None:
                 plan.append((config, n))
             else:
