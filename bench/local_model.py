@@ -20,9 +20,11 @@ What it measures
        Both load the same GGUF file and use the same number of threads. The baseline's
        sampler settings are made greedy (``temperature=0``) like AVM's.
 
-       With ``--weights q8_0`` AVM serves a Q8_0 copy of the model (see
-       :mod:`avm.llm.local.requantize`), and the baseline runs twice per point: on the file as
-       shipped (what a user of the high-level API gets) and on the same Q8_0 copy (which
+       AVM serves the weights its provider picks by default (``--weights auto``: a BF16 copy
+       on CPUs with BF16 instructions, Q8_0 on other AVX2 CPUs; see
+       :mod:`avm.llm.local.requantize`; ``--weights as_is`` serves the file as shipped). When
+       that is a converted copy, the baseline runs twice per point: on the file as shipped
+       (what a user of the high-level API gets) and on the same converted copy (which
        isolates the effect of batching from that of the weight format).
 
     2. Time to first token (TTFT) for 32 agents sharing one system prompt, all sent at once
@@ -46,7 +48,7 @@ How
 
 Run it::
 
-    .venv/bin/python bench/local_model.py                 # 1, 4, 16, 32 agents; ~5 minutes
+    .venv/bin/python bench/local_model.py                 # 1, 4, 16, 32 agents; ~6 minutes
     .venv/bin/python bench/local_model.py --quick         # 1 and 4 agents, short; ~30 s
     .venv/bin/python bench/local_model.py --weights q8_0 --skip-ttft
     .venv/bin/python bench/local_model.py --agents 16 --repeat 1 --skip-ttft
@@ -301,6 +303,10 @@ async def main_async(args: argparse.Namespace) -> Json:
     import llama_cpp
 
     model_path = Path(args.model) if args.model else default_model_path()
+    if args.weights == "auto":
+        from avm.llm.local.requantize import auto_weights
+
+        args.weights = auto_weights(model_path)
     log(f"model {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), {args.threads} thread(s)")
     result: Json = {
         "benchmark": "local_model",
@@ -445,9 +451,9 @@ def main() -> None:
     parser.add_argument("--model", help="a GGUF file; default: SmolLM2-135M-Instruct")
     parser.add_argument(
         "--weights",
-        choices=["as_is", "q8_0", "bf16", "f16"],
-        default="as_is",
-        help="weight type AVM serves (the provider's weights= option)",
+        choices=["auto", "as_is", "q8_0", "bf16", "f16"],
+        default="auto",
+        help="weight type AVM serves (the provider's weights= option; auto picks by CPU)",
     )
     parser.add_argument("--quick", action="store_true", help="1 and 4 agents, short, once")
     args = parser.parse_args()

@@ -73,7 +73,11 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="module")
 def provider(model_path: Path) -> Iterator[LlamaCppProvider]:
-    shared = LlamaCppProvider(model_path, n_ctx=4096, n_seq_max=8, n_batch=256, seed=7)
+    # The file's own Q4_1 weights; the default BF16/Q8_0 conversion has tests of its own
+    # (test_local_weights.py), with the tolerance its kernels need.
+    shared = LlamaCppProvider(
+        model_path, n_ctx=4096, n_seq_max=8, n_batch=256, seed=7, weights="as_is"
+    )
     asyncio.run(shared.load())
     yield shared
     asyncio.run(shared.aclose())

@@ -59,7 +59,7 @@ from avm.errors import ModelError
 from avm.llm.local.completion_text import CompletionText
 from avm.llm.local.model import ContextSettings, LocalModel
 from avm.llm.local.prefix_cache import PrefixCache, PrefixEntry
-from avm.llm.local.requantize import requantized
+from avm.llm.local.requantize import WeightChoice, auto_weights, requantized
 from avm.llm.local.sampling import TokenSampler
 
 __all__ = [
@@ -92,7 +92,7 @@ class EngineSettings:
     prefix_cache_size: int = 8
     min_prefix_tokens: int = 16
     flash_attn: bool = True
-    weights: Literal["as_is", "q8_0", "bf16", "f16"] = "as_is"
+    weights: WeightChoice = "auto"
     cache_dir: Path | None = None
 
 
@@ -366,8 +366,9 @@ class BatchEngine:
     def _load(self) -> None:
         s = self.settings
         path = self.model_path
-        if s.weights != "as_is":
-            path = requantized(path, s.weights, s.cache_dir)
+        weights = auto_weights(path) if s.weights == "auto" else s.weights
+        if weights != "as_is":
+            path = requantized(path, weights, s.cache_dir)
         model = LocalModel(
             path,
             ContextSettings(

@@ -4,9 +4,14 @@ The SmolLM2 file ships with Q4_1 weights. On x86 CPUs llama.cpp multiplies Q4_1 
 row-column dot product at a time, so a batch of 16 tokens costs nearly 16 single tokens and
 continuous batching gains little. Q8_0 and BF16 weights go through tiled matrix kernels
 (llamafile's tinyBLAS) where a batch is much cheaper per token; a Q8_0 copy is also faster for a
-single sequence. Converting is an opt-in (``LlamaCppProvider(weights="q8_0")``): the result is
-the same model, but like any kernel change it moves low-order bits, so greedy texts can differ
-from the Q4_1 file's after a few tokens.
+single sequence. The result is the same model, but like any kernel change it moves low-order
+bits, so greedy texts can differ from the Q4_1 file's after a few tokens.
+
+The provider's default, ``weights="auto"``, picks by CPU (:func:`auto_weights`): BF16 where the
+CPU has BF16 dot-product instructions (AVX-512 BF16 or AMX; the fastest batched path measured,
+see BENCHMARKS.md), Q8_0 on other x86 CPUs with AVX2, and the file as it is elsewhere or when
+the converted copy would be large (a small model only: converting a 7B model to BF16 would
+take 14 GB of RAM).
 
 This module owns the conversion (``llama_model_quantize``, under a second for SmolLM2) and its
 cache: the converted file is kept under ``$AVM_CACHE_DIR/models`` or
@@ -30,11 +35,15 @@ import llama_cpp
 from avm.errors import ConfigError
 from avm.llm.local.model import init_backend
 
-__all__ = ["WeightType", "default_cache_dir", "requantized"]
+__all__ = ["WeightChoice", "WeightType", "auto_weights", "default_cache_dir", "requantized"]
 
 logger = logging.getLogger(__name__)
 
 WeightType = Literal["q8_0", "bf16", "f16"]
+WeightChoice = Literal["auto", "as_is", "q8_0", "bf16", "f16"]
+
+# ``auto`` converts only files below this size (a BF16 copy is up to about 4x a 4-bit file).
+AUTO_MAX_SOURCE_BYTES: Final = 384 * 1024 * 1024
 _FTYPES: Final[dict[str, int]] = {
     "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
     "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
@@ -50,6 +59,36 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "avm" / "models"
+
+
+def auto_weights(
+    source: Path, cpu_flags: frozenset[str] | None = None
+) -> Literal["as_is", "q8_0", "bf16"]:
+    """The weight type ``weights="auto"`` serves ``source`` with on this CPU (see the module)."""
+    try:
+        size = source.stat().st_size
+    except OSError:
+        return "as_is"  # the loader then reports the missing file in its own words
+    if size > AUTO_MAX_SOURCE_BYTES:
+        return "as_is"
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return "bf16"
+    if "avx2" in flags:
+        return "q8_0"
+    return "as_is"
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo``; empty where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def requantized(source: Path, weights: WeightType, cache_dir: Path | None = None) -> Path:
