@@ -16,6 +16,7 @@ from avm import assembler
 from avm.assembler import ProgramError, TemplateError
 from avm.keys.manager import KeyManager
 from avm.keys.master import MasterKey
+from avm.knowledge import KnowledgeStore, knowledge_tools
 from avm.testing import FakeOpenAIServer, FakeReply, FakeToolCall
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "templates"
@@ -476,34 +477,40 @@ async def test_the_researcher_example_runs_react_over_its_questions(
     keys = KeyManager.open(tmp_path / "state", MasterKey.generate())
     keys.set("OPENAI_API_KEY", "sk-test-researcher")
     fake_server.api_key = "sk-test-researcher"
+    # Its private knowledge (the playbook, read at build time) is loaded into the agent's own
+    # store when it starts, and the model's knowledge.search call finds it there.
+    store = KnowledgeStore.open(tmp_path / "state", keys)
     async with make_vm(keys=keys) as vm:
-        await _run_researcher(vm, text, fake_server)
+        for tool in knowledge_tools(store, namespaces=()):
+            vm.tools.add(tool)
+        await _run_researcher(vm, text, fake_server, store)
+    # Another agent's private search finds nothing of it.
+    assert store.search_private("someone-else", "listing") == []
+    store.close()
     keys.close()
 
 
-async def _run_researcher(vm: avm.VM, text: str, fake_server: FakeOpenAIServer) -> None:
-    searched: list[Any] = []
-
-    @vm.tool("knowledge.search")
-    async def search(query: Any) -> list[str]:
-        searched.append(query)
-        return ["A tier-one listing outweighs a quiet session."]
-
+async def _run_researcher(
+    vm: avm.VM, text: str, fake_server: FakeOpenAIServer, store: KnowledgeStore
+) -> None:
     fake_server.script(
         FakeToolCall("knowledge.search", {"query": "listing"}, id="k1"),
         "Listings bring liquidity; the playbook weighs them heavily.",
         "Unlocks add supply.",
     )
-    definition = assembler.register(vm, image(text, base_dir=EXAMPLES))
+    definition = assembler.register(vm, image(text, base_dir=EXAMPLES), knowledge=store)
     assert definition.capabilities.models == {"researcher/thinker"}
     handle = vm.spawn(definition, agent_id="res")
     assert await handle.result() is None
-    assert searched == [{"query": "listing"}]
     assert fake_server.completion_count == 3
-    first = fake_server.requests[0]
+    first, second = fake_server.requests[0], fake_server.requests[1]
     assert first["model"] == "gpt-4o-mini"
     assert first["messages"][0]["role"] == "system"  # the loaded prompt
     assert first["tools"][0]["function"]["parameters"]["required"] == ["query"]
+    found = second["messages"][-1]
+    assert found["role"] == "tool"
+    assert "A listing on a tier-one exchange outweighs a quiet session" in found["content"]
+    assert "knowledge/playbook.md" in found["content"]
     state = Path(vm.config.state_dir)
     await vm._runtime().store.sync()
     with sqlite3.connect(state / "state.db") as db:

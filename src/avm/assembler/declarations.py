@@ -36,6 +36,7 @@ from avm.assembler.template import (
     ACCESS_MODES,
     INPUT_TYPES,
     KNOWLEDGE_SCOPES,
+    Document,
     Input,
     Knowledge,
     Model,
@@ -46,6 +47,8 @@ from avm.assembler.template import (
 
 __all__ = [
     "INPUT_KINDS",
+    "KNOWLEDGE_SUFFIXES",
+    "MAX_KNOWLEDGE_BYTES",
     "MODEL_FIELDS",
     "RESERVED_NAMES",
     "TOOL_FIELDS",
@@ -62,7 +65,19 @@ _URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*(:\d{{1,5}})?")
 _URI = re.compile(r"([a-z][a-z0-9+.-]*)://(\S+)")
-_KNOWLEDGE_SCHEMES: Final = ("http", "https", "s3", "gs", "file")
+_KNOWLEDGE_FIELDS: Final = (
+    "source",
+    "text",
+    "title",
+    "documents",
+    "scope",
+    "namespace",
+    "description",
+)
+#: The files of a knowledge directory that are read (others are left alone).
+KNOWLEDGE_SUFFIXES: Final = (".md", ".markdown", ".txt")
+#: All knowledge of one template, in UTF-8 bytes: an image must stay loadable (source.MAX_BYTES).
+MAX_KNOWLEDGE_BYTES: Final = 512 * 1024
 
 INPUT_KINDS: Final[dict[str, type | None]] = {
     "string": str,
@@ -103,6 +118,7 @@ class Declarations(Shapes):
         # whose declaration has a problem is not reported a second time as undeclared.
         self.named: dict[str, set[str]] = {"models": set(), "prompts": set(), "tools": set()}
         self.scheduled = False
+        self.knowledge_bytes = 0
 
     def check_secrets(self, node: SourceNode) -> tuple[str, ...]:
         names = self.names(node, "secrets", SECRET_NAME, "secret names")
@@ -410,73 +426,215 @@ class Declarations(Shapes):
         return self.tool_schema(root, join_path(path, "schema_file"))
 
     def check_knowledge(self, node: SourceNode) -> dict[str, Knowledge]:
+        """Knowledge sources, read now: a file or directory path (``playbook: notes/``), or a
+        mapping with one of ``source`` (a path), ``text`` (inline, with an optional ``title``)
+        or ``documents`` (a list of ``{title, text}``, the form an image holds), and
+        ``scope``, ``namespace`` (public only) and ``description``."""
         sources: dict[str, Knowledge] = {}
         section = self.mapping(node, "knowledge", "a mapping of names to knowledge sources")
         if section is None:
             return sources
+        self.knowledge_bytes = 0
         for name, value in section.values.items():
             path = join_path("knowledge", name)
             if not self.declared_name(section, name, "knowledge", DECLARED_NAME):
                 continue
             if isinstance(value, ScalarNode):
-                source = self.knowledge_source(value, path)
-                if source is not None:
-                    sources[name] = Knowledge(source=source)
+                documents = self.knowledge_files(value, path)
+                if documents is not None:
+                    sources[name] = Knowledge(documents=documents)
                 continue
-            entry = self.mapping(value, path, "a path or URI, or a mapping with source and scope")
+            entry = self.mapping(value, path, "a path, or a mapping with source, text or documents")
             if entry is None:
                 continue
-            self.fields(entry, path, ("source", "scope", "description"), "a knowledge source")
-            source_node = self.required(entry, "source", path, "a path or URI")
-            source = None
-            if source_node is not None:
-                source = self.knowledge_source(source_node, join_path(path, "source"))
-            scope = "private"
-            if "scope" in entry.values:
-                scope = (
-                    self.choice(entry.values["scope"], join_path(path, "scope"), KNOWLEDGE_SCOPES)
-                    or ""
-                )
-            description = ""
-            if "description" in entry.values:
-                description = (
-                    self.string(
-                        entry.values["description"], join_path(path, "description"), empty=True
-                    )
-                    or ""
-                )
-            if source is not None and scope:
-                sources[name] = Knowledge(
-                    source=source,
-                    scope="public" if scope == "public" else "private",
-                    description=description,
-                )
+            source = self.knowledge_entry(entry, path)
+            if source is not None:
+                sources[name] = source
         return sources
 
-    def knowledge_source(self, node: SourceNode, path: str) -> str | None:
-        expected = f"a relative path or a URI ({', '.join(_KNOWLEDGE_SCHEMES)})"
-        text = self.string(node, path, expected=expected)
+    def knowledge_entry(self, entry: MapNode, path: str) -> Knowledge | None:
+        self.fields(entry, path, _KNOWLEDGE_FIELDS, "a knowledge source")
+        values = entry.values
+        given = [key for key in ("source", "text", "documents") if key in entry.keys]
+        if len(given) != 1:
+            found = " and ".join(map(repr, given)) if given else "none of them"
+            self.problem(entry.mark, path, "exactly one of 'source', 'text' and 'documents'", found)
+            return None
+        documents: tuple[Document, ...] | None = None
+        key = given[0]
+        if key in values:
+            child, child_path = values[key], join_path(path, key)
+            if key == "source":
+                documents = self.knowledge_files(child, child_path)
+            elif key == "text":
+                title = ""
+                if "title" in values:
+                    title = self.string(values["title"], join_path(path, "title"), empty=True) or ""
+                text = self.knowledge_text(child, child_path)
+                documents = None if text is None else (Document(title=title, text=text),)
+            else:
+                documents = self.knowledge_documents(child, child_path)
+        if "title" in entry.keys and key != "text":
+            self.problem(
+                entry.keys["title"],
+                join_path(path, "title"),
+                "'title' only with 'text'",
+                f"'title' with {key!r}",
+            )
+            documents = None
+        scope = "private"
+        if "scope" in values:
+            scope = self.choice(values["scope"], join_path(path, "scope"), KNOWLEDGE_SCOPES) or ""
+        namespace = "public"
+        if "namespace" in values:
+            namespace = (
+                self.string(
+                    values["namespace"],
+                    join_path(path, "namespace"),
+                    pattern=DECLARED_NAME,
+                    expected="a namespace name",
+                )
+                or ""
+            )
+            if scope == "private":
+                self.problem(
+                    entry.keys["namespace"],
+                    join_path(path, "namespace"),
+                    "a namespace only with scope: public",
+                    "scope private",
+                    "private knowledge belongs to each agent, not to a namespace",
+                )
+                namespace = ""
+        description = ""
+        if "description" in values:
+            description = (
+                self.string(values["description"], join_path(path, "description"), empty=True) or ""
+            )
+        if documents is None or not scope or not namespace:
+            return None
+        return Knowledge(
+            documents=documents,
+            scope="public" if scope == "public" else "private",
+            namespace=namespace,
+            description=description,
+        )
+
+    def knowledge_text(self, node: SourceNode, path: str, what: str = "") -> str | None:
+        text = self.string(node, path, expected="non-empty text")
         if text is None:
             return None
-        uri = _URI.fullmatch(text)
-        if uri is not None:
-            if uri.group(1) not in _KNOWLEDGE_SCHEMES:
-                self.problem(node.mark, path, expected, repr(text))
-                return None
-            return text
-        if "://" in text or Path(text).is_absolute():
-            self.problem(node.mark, path, expected, repr(text))
+        if not text.strip():
+            self.problem(node.mark, path, "non-empty text", f"{what or 'text'} of only whitespace")
             return None
-        if self.base_dir is not None:
-            base = self.base_dir.resolve()
-            target = (base / text).resolve()
-            if not target.is_relative_to(base):
-                self.problem(node.mark, path, "a path inside the template's directory", repr(text))
-                return None
-            if not target.exists():
-                self.problem(node.mark, path, "an existing file or directory", repr(text))
-                return None
+        self.knowledge_bytes += len(text.encode())
+        if self.knowledge_bytes > MAX_KNOWLEDGE_BYTES:
+            self.problem(
+                node.mark,
+                path,
+                f"knowledge of at most {MAX_KNOWLEDGE_BYTES:,} bytes in all",
+                f"{self.knowledge_bytes:,} bytes so far",
+                "a larger corpus belongs in a public namespace the host loads",
+            )
+            return None
         return text
+
+    def knowledge_documents(self, node: SourceNode, path: str) -> tuple[Document, ...] | None:
+        if not isinstance(node, SeqNode) or not node.items:
+            self.problem(node.mark, path, "a non-empty list of {title, text}", describe(node))
+            return None
+        documents: list[Document] = []
+        for index, item in enumerate(node.items):
+            here = f"{path}[{index}]"
+            entry = self.mapping(item, here, "a document: {title, text}")
+            if entry is None:
+                continue
+            self.fields(entry, here, ("title", "text"), "a document")
+            title_node = self.required(entry, "title", here, "a title")
+            text_node = self.required(entry, "text", here, "non-empty text")
+            title = None
+            if title_node is not None:
+                title = self.string(title_node, join_path(here, "title"), empty=True)
+            text = (
+                None
+                if text_node is None
+                else self.knowledge_text(text_node, join_path(here, "text"))
+            )
+            if title is not None and text is not None:
+                documents.append(Document(title=title, text=text))
+        return tuple(documents) if len(documents) == len(node.items) else None
+
+    def knowledge_files(self, node: SourceNode, path: str) -> tuple[Document, ...] | None:
+        """The documents of a file, or of every text or markdown file under a directory."""
+        name = self.string(node, path, expected="a relative path to a file or directory")
+        if name is None:
+            return None
+        if _URI.fullmatch(name) is not None or Path(name).is_absolute():
+            self.problem(
+                node.mark,
+                path,
+                "a relative path to a file or directory",
+                repr(name),
+                "knowledge is read when the template is built; nothing is fetched",
+            )
+            return None
+        if self.base_dir is None:
+            why = (
+                "an image holds no file references"
+                if self.image
+                else ("this template has no directory to read files from")
+            )
+            self.problem(node.mark, path, f"inline text or documents ({why})", repr(name))
+            return None
+        base = self.base_dir.resolve()
+        target = (base / name).resolve()
+        if not target.is_relative_to(base):
+            self.problem(node.mark, path, "a path inside the template's directory", repr(name))
+            return None
+        if target.is_dir():
+            files = sorted(
+                f
+                for f in target.rglob("*")
+                if f.suffix.lower() in KNOWLEDGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(target).parts)
+            )
+            if not files:
+                suffixes = ", ".join(KNOWLEDGE_SUFFIXES)
+                self.problem(
+                    node.mark,
+                    path,
+                    f"a directory holding {suffixes} files",
+                    f"{name!r} (none there)",
+                )
+                return None
+        elif target.is_file():
+            files = [target]
+        else:
+            self.problem(node.mark, path, "an existing file or directory", repr(name))
+            return None
+        documents: list[Document] = []
+        for file in files:
+            title = file.relative_to(base).as_posix()
+            if not file.resolve().is_relative_to(base):  # a symlink out of the directory
+                self.problem(
+                    node.mark,
+                    path,
+                    "files inside the template's directory",
+                    f"{title!r} (a link out of it)",
+                )
+                return None
+            try:
+                text = file.read_bytes().decode("utf-8")
+            except OSError as exc:
+                self.problem(node.mark, path, "readable files", f"{title!r} ({exc.strerror})")
+                return None
+            except UnicodeDecodeError:
+                self.problem(node.mark, path, "UTF-8 text files", f"{title!r} (not UTF-8)")
+                return None
+            read = self.knowledge_text(ScalarNode(node.mark, text), path, repr(title))
+            if read is None:
+                return None
+            documents.append(Document(title=title, text=read))
+        return tuple(documents)
 
     def check_schedule(self, node: SourceNode) -> Schedule | None:
         entry = self.mapping(node, "schedule", "a mapping with interval_s and ticks")

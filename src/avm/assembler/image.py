@@ -1,12 +1,13 @@
 """Agent images: a validated template in canonical form, named by its BLAKE3 digest.
 
 An image is the template with everything it refers to inlined (prompt files become their text,
-tool schema files their schema) and written canonically: defaults left out, instruction names in
-lower case, keys sorted, compact ASCII JSON. Two templates that mean the same thing - reordered
-keys, other comments or formatting, a prompt inline or in a file - give the same bytes, hence
-the same digest, which names the file (``<digest>.avmi``). An image is itself a valid template
-that refers to no file, so loading one runs the same validator, then checks that the bytes are
-canonical and match the name: an edited image is refused, not run.
+tool schema files their schema, knowledge files and directories their documents) and written
+canonically: defaults left out, instruction names in lower case, keys sorted, compact ASCII
+JSON. Two templates that mean the same thing - reordered keys, other comments or formatting, a
+prompt inline or in a file - give the same bytes, hence the same digest, which names the file
+(``<digest>.avmi``). An image is itself a valid template that refers to no file, so loading one
+runs the same validator, then checks that the bytes are canonical and match the name: an edited
+image is refused, not run.
 
 ::
 
@@ -190,9 +191,13 @@ def _tool(tool: Tool) -> dict[str, Any]:
 
 
 def _knowledge(knowledge: Knowledge) -> dict[str, Any]:
-    doc: dict[str, Any] = {"source": knowledge.source}
+    doc: dict[str, Any] = {
+        "documents": [{"title": d.title, "text": d.text} for d in knowledge.documents]
+    }
     if knowledge.scope != "private":
         doc["scope"] = knowledge.scope
+        if knowledge.namespace != "public":
+            doc["namespace"] = knowledge.namespace
     if knowledge.description:
         doc["description"] = knowledge.description
     return doc

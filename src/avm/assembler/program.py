@@ -25,11 +25,13 @@ arguments, as a Python agent does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import blake3
 import msgspec
 
 from avm._core.context import Context
@@ -51,6 +53,7 @@ from avm.assembler.problems import ProgramError
 from avm.assembler.source import join_path
 from avm.assembler.template import (
     Call,
+    Document,
     ForEach,
     If,
     React,
@@ -62,6 +65,7 @@ from avm.assembler.template import (
 )
 from avm.config import ModelConfig
 from avm.errors import CapabilityDenied, ConfigError, InvalidArgument, ToolError
+from avm.knowledge.store import KnowledgeStore
 from avm.llm.linker import KEYED_PROVIDERS, ModelKey, model_tool
 from avm.llm.types import Message, ModelReply, ToolCall, ToolSpec
 from avm.tools.registry import Tool as RegisteredTool
@@ -421,11 +425,60 @@ def _compile(steps: tuple[Step, ...], path: str, links: _Links) -> tuple[_Step, 
     return tuple(compiled)
 
 
+class _Knowledge:
+    """A template's knowledge sources and the store they are loaded into.
+
+    Loading is idempotent: each document is added under a key made of its content's digest, so
+    registering a template again, restarting an agent or replaying it adds nothing twice.
+    """
+
+    def __init__(self, template: Template, store: KnowledgeStore) -> None:
+        self.store = store
+        self.source = f"template:{template.name}"
+        self.private: list[tuple[str, Document]] = []
+        self.public: list[tuple[str, str, Document]] = []
+        for source in template.knowledge.values():
+            for document in source.documents:
+                digest = blake3.blake3(msgspec.json.encode(document)).hexdigest()
+                if source.scope == "private":
+                    self.private.append((f"template-knowledge:{digest}", document))
+                else:
+                    key = f"template-knowledge:{source.namespace}:{digest}"
+                    self.public.append((source.namespace, key, document))
+
+    def load_public(self) -> None:
+        for namespace, key, document in self.public:
+            self.store.add_public(
+                namespace,
+                document.text,
+                title=document.title,
+                source=self.source,
+                idempotency_key=key,
+            )
+
+    async def load_private(self, agent_id: str) -> None:
+        if self.private:
+            await asyncio.to_thread(self._add_private, agent_id)
+
+    def _add_private(self, agent_id: str) -> None:
+        for key, document in self.private:
+            self.store.add_private(
+                agent_id,
+                document.text,
+                title=document.title,
+                source=self.source,
+                idempotency_key=key,
+            )
+
+
 class _Program:
     """A compiled template, shared by every agent of it."""
 
-    def __init__(self, template: Template, links: _Links) -> None:
+    def __init__(
+        self, template: Template, links: _Links, knowledge: _Knowledge | None = None
+    ) -> None:
         self.template = template
+        self.knowledge = knowledge
         self.setup = _compile(template.setup, "setup", links)
         self.program = _compile(template.program, "program", links)
         self.result: Evaluator = compile_value(template.result)[0]
@@ -460,6 +513,10 @@ class _Program:
     async def run(self, ctx: Context, given: dict[str, Any]) -> Any:
         env: dict[str, Any] = self.inputs(given)
         env["agent_id"] = ctx.agent_id
+        if self.knowledge is not None:
+            # Part of provisioning the agent (like its workspace), not an effect of its program:
+            # idempotent, so a recovered agent re-runs it harmlessly.
+            await self.knowledge.load_private(ctx.agent_id)
         run = _Run(ctx, env)
         for step in self.setup:
             await step.run(run)
@@ -511,8 +568,11 @@ def _link(vm: VM, template: Template) -> _Linking:
         if found.confine is None:
             if tool.hosts:
                 # The host's own Python code: what it reaches is the host's business.
-                log.debug("template %s: tool %s is in-process; its hosts are not enforced",
-                          template.name, name)  # fmt: skip
+                log.debug(
+                    "template %s: tool %s is in-process; its hosts are not enforced",
+                    template.name,
+                    name,
+                )
             continue
         if not tool.hosts:
             problems.append(
@@ -625,7 +685,7 @@ def _grant_secrets(vm: VM, template: Template, links: _Links) -> None:
         vm.keys.grant(secret, tool=tool, definition=template.name)
 
 
-def register(vm: VM, image: Image) -> AgentDefinition:
+def register(vm: VM, image: Image, *, knowledge: KnowledgeStore | None = None) -> AgentDefinition:
     """Link ``image`` into ``vm`` and register it as an agent definition named after it.
 
     Checks first that the VM has every tool the template declares (able to be read or written
@@ -633,8 +693,18 @@ def register(vm: VM, image: Image) -> AgentDefinition:
     :class:`ConfigError` listing what is missing; then links the template's own models and
     prompts under :func:`vm_name` and registers the agent. Spawn it with the template's inputs
     as keyword arguments: ``vm.spawn(definition, token="BTC")``.
+
+    A template with knowledge sources needs the ``knowledge`` store they are loaded into (the
+    one the VM's ``knowledge.search`` tool searches): public documents are added to their
+    namespace now, private ones to each agent's own knowledge when it starts.
     """
     template = image.template
+    if template.knowledge and knowledge is None:
+        raise ConfigError(
+            f"template {template.name!r} has knowledge sources "
+            f"({', '.join(sorted(template.knowledge))}): register it with the knowledge store "
+            "they are loaded into (register(vm, image, knowledge=KnowledgeStore.open(...)))"
+        )
     linking = _link(vm, template)
     _grant_secrets(vm, template, linking.links)
     for target, config, secret in linking.models:
@@ -648,7 +718,11 @@ def register(vm: VM, image: Image) -> AgentDefinition:
     for tool in linking.tools:
         vm.tools.replace(tool)
     links = linking.links
-    program = _Program(template, links)
+    loader = None
+    if template.knowledge and knowledge is not None:
+        loader = _Knowledge(template, knowledge)
+        loader.load_public()
+    program = _Program(template, links, loader)
 
     async def run_template(ctx: Context, /, **inputs: Any) -> Any:
         return await program.run(ctx, inputs)

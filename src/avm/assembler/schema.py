@@ -208,10 +208,30 @@ def template_schema() -> dict[str, Any]:
                         "type": "object",
                         "properties": {
                             "source": {"type": "string"},
+                            "text": {"type": "string"},
+                            "title": {"type": "string"},
+                            "documents": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "title": {"type": "string"},
+                                        "text": {"type": "string"},
+                                    },
+                                    "required": ["title", "text"],
+                                    "additionalProperties": False,
+                                },
+                            },
                             "scope": {"enum": list(KNOWLEDGE_SCOPES)},
+                            "namespace": {"type": "string"},
                             "description": {"type": "string"},
                         },
-                        "required": ["source"],
+                        "oneOf": [
+                            {"required": ["source"]},
+                            {"required": ["text"]},
+                            {"required": ["documents"]},
+                        ],
                         "additionalProperties": False,
                     },
                 ]

@@ -38,6 +38,7 @@ __all__ = [
     "KNOWLEDGE_SCOPES",
     "PRIORITIES",
     "Call",
+    "Document",
     "ForEach",
     "If",
     "Input",
@@ -106,11 +107,23 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     schema: dict[str, Any] | None = None
 
 
-class Knowledge(msgspec.Struct, frozen=True, kw_only=True):
-    """A knowledge source: a path relative to the template, or a URI."""
+class Document(msgspec.Struct, frozen=True, kw_only=True):
+    """One document of a knowledge source: its title (the file's path, for a file) and text."""
 
-    source: str
+    title: str
+    text: str
+
+
+class Knowledge(msgspec.Struct, frozen=True, kw_only=True):
+    """A knowledge source, read at build time: its documents, and where they are loaded.
+
+    ``private`` documents go into each agent's own encrypted knowledge when it starts;
+    ``public`` ones into the public ``namespace`` when the template is registered.
+    """
+
+    documents: tuple[Document, ...]
     scope: Literal["private", "public"] = "private"
+    namespace: str = "public"
     description: str = ""
 
 

@@ -10,8 +10,10 @@
 ``.json`` (a template) or ``.avmi`` (an image) it asks this module for the agent definition:
 the template is built (or the image loaded and verified) and registered in the VM of the
 ``--vm`` file - an ordinary agents file whose ``vm`` has the tools and models the template
-uses - or, without ``--vm``, in a fresh ``avm.VM()``. A template whose problems stop the build
-exits with status 2 and every problem listed, one per line, each with file:line:column.
+uses - or, without ``--vm``, in a fresh ``avm.VM()``. A template's knowledge sources are loaded
+into ``knowledge.db`` of the VM's state directory, which needs the VM's key manager. A
+template whose problems stop the build exits with status 2 and every problem listed, one per
+line, each with file:line:column.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import typer
 
 import avm
 from avm import assembler
+from avm.knowledge import KnowledgeStore
 
 __all__ = ["build_command", "is_template_path", "schema_command", "template_definition"]
 
@@ -42,8 +45,12 @@ def template_definition(path: Path, vm: avm.VM) -> avm.AgentDefinition:
             f"template {image.name!r} needs inputs ({', '.join(required)}), but 'avm run' "
             "spawns agents without arguments: give them defaults in the template"
         )
+    knowledge = None
+    if image.template.knowledge and vm.keys is not None:
+        # The store the VM's knowledge tools use by default: knowledge.db in its state directory.
+        knowledge = KnowledgeStore.open(vm.config.state_dir, vm.keys)
     try:
-        return assembler.register(vm, image)
+        return assembler.register(vm, image, knowledge=knowledge)
     except avm.ConfigError as exc:
         raise avm.ConfigError(
             f"{exc} (pass --vm FILE.py: a file defining vm = avm.VM(...) with them)"
