@@ -1,4 +1,5 @@
-"""Journal benchmark: journaled instructions per second, and recovery time after SIGKILL.
+"""Journal benchmark: journaled instructions per second, recovery time after SIGKILL, and the
+bytes a shared payload costs the journal.
 
 What it measures
     **Throughput.** N agents (default 1,000) of one VM on SQLite each execute K instructions
@@ -26,6 +27,13 @@ What it measures
     agents (load state, three stores, save state) resume from their checkpoint and replay
     nothing. Baseline: plain ``sqlite3`` reading every agent record and journal row of the
     same database (the storage floor of a recovery); the ratio is recovery time over it.
+
+    **Payloads.** N agents (default 1,000) each ``LOAD_PROMPT`` the same 50 KB prompt and finish.
+    Reported: the bytes the journal stores for them (every entry's ``result`` plus every blob)
+    and the state database's size on disk (database and WAL) after the VM stops. Baseline, in
+    the same run: the same workload with payloads kept inline in the entries (the payload
+    threshold raised past any payload), which is how every result was journaled before payloads
+    were stored by hash. ``ratios`` divides the by-hash bytes by the inline bytes.
 
 How
     Every measurement runs in a fresh subprocess (``--child``), which prints one JSON line;
@@ -70,13 +78,21 @@ Json = dict[str, Any]
 MODES = ("durable", "relaxed")
 WORKLOADS = ("store", "fetch")
 VARIANTS = ("replay", "checkpoint")
+PAYLOAD_MODES = ("inline", "by_hash")
+PROMPT_BYTES = 50_000
 RECOVERY_INSTRUCTIONS = 5  # per agent, in both variants
 BATCH = 1_000  # instructions per transaction in the storage baseline
 KEYS = 4  # distinct keys each storing agent cycles through
 VALUE = {"n": 0, "note": "a small value"}  # what the agents store, with n varied
 
-DEFAULTS = {"agents": 1_000, "instructions": 20, "recovery_agents": 10_000, "repeat": 3}
-QUICK = {"agents": 1_000, "instructions": 10, "recovery_agents": 2_000, "repeat": 1}
+DEFAULTS = {
+    "agents": 1_000, "instructions": 20, "recovery_agents": 10_000, "payload_agents": 1_000,
+    "repeat": 3,
+}  # fmt: skip
+QUICK = {
+    "agents": 1_000, "instructions": 10, "recovery_agents": 2_000, "payload_agents": 1_000,
+    "repeat": 1,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +235,57 @@ def run_baseline(mode: str, workload: str, agents: int, instructions: int) -> Js
         "cpu_us_per_instr": round(span.process_s / total * 1e6, 2),
         "wall_s": round(span.wall_s, 4),
         "commits": -(-total // BATCH),
+    }
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+
+async def run_payloads(mode: str, agents: int) -> Json:
+    import avm
+    from avm._core import interpreter
+
+    if mode == "inline":  # the baseline: every result in its entry, as before blobs existed
+        interpreter.PAYLOAD_THRESHOLD = sys.maxsize  # type: ignore[attr-defined]
+    line = "a shared system prompt, identical for every agent of the fleet.\n"
+    prompt = (line * (PROMPT_BYTES // len(line) + 1))[:PROMPT_BYTES]
+    with tempfile.TemporaryDirectory(prefix="avm-journal-payloads-") as state_dir:
+        vm = avm.VM(state_dir, durability="durable", max_running=max(256, agents))
+        vm.prompts.add("system", prompt)
+
+        @vm.agent(name="reader")
+        async def reader(ctx: avm.Context) -> int:
+            loaded = await ctx.load_prompt("system")
+            return loaded.tokens
+
+        async with vm:
+            start = Cpu.now()
+            for _ in range(agents):
+                vm.spawn(reader)
+            await vm.join()
+            span = Cpu.now().since(start)
+        path = Path(state_dir) / "state.db"
+        on_disk = sum(p.stat().st_size for p in path.parent.glob("state.db*"))
+        db = sqlite3.connect(path)
+        entries, results = db.execute(
+            "SELECT count(*), sum(length(result)) FROM journal"
+        ).fetchone()
+        blobs, blob_bytes = db.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0) FROM blobs"
+        ).fetchone()
+        db.close()
+    return {
+        "config": f"payloads_{mode}",
+        "agents": agents,
+        "prompt_bytes": PROMPT_BYTES,
+        "journal_entries": entries,
+        "blobs": blobs,
+        "journal_bytes": results + blob_bytes,
+        "result_bytes": results,
+        "blob_bytes": blob_bytes,
+        "db_bytes": on_disk,
+        "wall_s": round(span.wall_s, 4),
+        "cpu_s": round(span.process_s, 4),
     }
 
 
@@ -400,6 +467,9 @@ _MEDIANS = (
     "parked_cpu_s",
     "read_s",
     "read_cpu_s",
+    "journal_bytes",
+    "db_bytes",
+    "cpu_s",
 )
 _SPREAD = ("instr_per_s", "recovered_s", "read_s")
 
@@ -451,6 +521,10 @@ def run_all(args: argparse.Namespace) -> Json:
                     if config == "sqlite_read_all":
                         result["config"] = config = f"sqlite_read_all_{variant}"
                     note(result, round_)
+        if "payloads" in args.sections:
+            for mode in PAYLOAD_MODES:
+                opts = {"payload_mode": mode, "agents": args.payload_agents}
+                note(launch("payloads", args.timeout, **opts), round_)
     results = {config: fold(config_runs) for config, config_runs in runs.items()}
     ratios: Json = {}
     for mode in args.modes:
@@ -463,6 +537,10 @@ def run_all(args: argparse.Namespace) -> Json:
                 ratios[f"avm_vs_sqlite_{mode}_{workload}"] = _ratio(
                     vm["instr_per_s"], base["instr_per_s"]
                 )
+    inline, by_hash = results.get("payloads_inline"), results.get("payloads_by_hash")
+    if inline and by_hash and "error" not in inline and "error" not in by_hash:
+        for key in ("journal_bytes", "db_bytes"):
+            ratios[f"payloads_by_hash_vs_inline_{key}"] = _ratio(by_hash[key], inline[key])
     for variant in args.variants:
         rec, floor = results.get(f"recover_{variant}"), results.get(f"sqlite_read_all_{variant}")
         if rec and floor and "error" not in rec and "error" not in floor:
@@ -484,6 +562,8 @@ def run_all(args: argparse.Namespace) -> Json:
             "recovery_agents": args.recovery_agents,
             "recovery_instructions_per_agent": RECOVERY_INSTRUCTIONS,
             "baseline_batch": BATCH,
+            "payload_agents": args.payload_agents,
+            "prompt_bytes": PROMPT_BYTES,
         },
         "repeat": args.repeat,
         "results": results,
@@ -503,10 +583,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--recovery-agents", type=int, help="agents killed and recovered (default 10,000)"
     )
+    parser.add_argument(
+        "--payload-agents", type=int, help="agents loading the shared prompt (default 1,000)"
+    )
     parser.add_argument("--repeat", type=int, help="interleaved runs per configuration (3)")
     parser.add_argument(
-        "--sections", nargs="+", choices=("throughput", "recovery"),
-        default=["throughput", "recovery"],
+        "--sections", nargs="+", choices=("throughput", "recovery", "payloads"),
+        default=["throughput", "recovery", "payloads"],
     )  # fmt: skip
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
@@ -516,13 +599,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per child")
     parser.add_argument(
-        "--child", choices=("throughput", "baseline", "park", "recover", "floor"),
+        "--child", choices=("throughput", "baseline", "park", "recover", "floor", "payloads"),
         help=argparse.SUPPRESS,
     )  # fmt: skip
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=WORKLOADS, help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--payload-mode", choices=PAYLOAD_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for name, default in base.items():
@@ -547,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.child == "park":
         asyncio.run(run_park(args.variant, args.agents, args.state_dir))
         return
+    elif args.child == "payloads":
+        result = asyncio.run(run_payloads(args.payload_mode, args.agents))
     elif args.child == "recover":
         recover = run_recover(args.variant, args.agents, args.state_dir, args.max_running)
         result = asyncio.run(recover)

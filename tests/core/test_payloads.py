@@ -14,7 +14,7 @@ from avm import Context
 from avm._core.journal import PAYLOAD_THRESHOLD, blob_key, payload_ref, ref_key
 from avm.storage import open_store
 from avm.storage.base import StateStore
-from avm.testing import wait_until
+from avm.testing import FakeOpenAIServer, wait_until
 
 BACKENDS = ("sqlite", "postgres")  # run each test on both state stores
 
@@ -215,3 +215,51 @@ async def test_membership_survives_checkpoint_recovery(make_vm: Callable[..., av
         # Replay started after the checkpoint at step 4: SWARM_CONNECT (step 1) was not replayed.
         assert await vm.publish("news", "second") == 1
         assert await vm.handle("l").result() == ["first", "second"]
+
+
+def test_model_digest_counts_large_prompts_by_hash_exactly() -> None:
+    """Same content, same digest (whatever the object); any changed byte, another digest."""
+    from avm._core.journal import digest_args, digest_model_args
+    from avm.llm.prompts import Prompt
+
+    prompt = Prompt("system", BIG, 100)
+    again = Prompt("system", BIG, 100)  # an equal prompt, another object
+    edited = Prompt("system", BIG[:-2] + "!\n", 100)
+    args = ("default", [prompt, "question"], None, None, None, None, None)
+    digest = digest_model_args(args)
+    assert digest == digest_model_args(args)
+    assert digest == digest_model_args(("default", [again, "question"], *args[2:]))
+    assert digest != digest_model_args(("default", [edited, "question"], *args[2:]))
+    assert digest != digest_model_args(("default", [prompt, "question?"], *args[2:]))
+    assert digest != digest_model_args(("default", [BIG, "question"], *args[2:]))
+    # Small inputs digest exactly as every other instruction's arguments do.
+    small = ("default", ["hello"], None, None, None, None, None)
+    assert digest_model_args(small) == digest_args(small)
+
+
+async def test_model_call_on_a_large_prompt_replays(
+    make_vm: Callable[..., avm.VM], fake_server: FakeOpenAIServer
+) -> None:
+    def define(vm: avm.VM) -> avm.AgentDefinition:
+        vm.model("default", "openai:fake-gpt", base_url=fake_server.base_url)
+        vm.prompts.add("system", BIG)
+
+        @vm.agent(name="asker")
+        async def asker(ctx: Context) -> str:
+            prompt = await ctx.load_prompt("system")
+            reply = await ctx.run_model("default", [prompt, "what now?"])
+            message = await ctx.receive()
+            return f"{reply.text}/{message.data}"
+
+        return asker
+
+    async with make_vm() as vm:
+        handle = vm.spawn(define(vm), agent_id="a")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+    calls = len(fake_server.requests)
+    async with make_vm() as vm:
+        define(vm)
+        await vm.recovered()
+        await vm.post("a", "go")
+        assert await vm.handle("a").result() == "echo: what now?/go"
+    assert len(fake_server.requests) == calls  # replayed, not asked again

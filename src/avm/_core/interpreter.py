@@ -39,9 +39,9 @@ from avm._core.journal import (
     EntryFlag,
     EntryStatus,
     JournalEntry,
+    args_digester,
     blob_key,
     chain_hash,
-    digest_args,
     encode_value,
     payload_ref,
 )
@@ -116,6 +116,7 @@ class _Plan:
 
     __slots__ = (
         "available",
+        "digest",
         "is_read",
         "name",
         "perform",
@@ -134,6 +135,7 @@ class _Plan:
             host = _UNAVAILABLE  # never reached: the pipeline refuses the opcode first
         self.available = spec.available
         self.name = spec.op.value  # Enum.value is a Python-level property: read it once here
+        self.digest = args_digester(self.name)
         self.validate = _validator(spec)
         self.prepare: Callable[[Runtime, AgentProcess, tuple[Any, ...]], Any] = host.prepare
         self.reserve: Callable[[Runtime, AgentProcess, Any], int] = host.reserve
@@ -210,7 +212,7 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         err.locate(proc.id, op, step)
         error = {"error": type(err).__name__, "message": err.message}
         wall = rt.timers.clock.wall()
-        _journal(rt, proc, step, plan.name, args, _ERROR, encode_value(error), 0, wall)
+        _journal(rt, proc, step, plan, args, _ERROR, encode_value(error), 0, wall)
         await _resume(rt, proc, suspended=False)
         raise
     except BaseException:
@@ -221,7 +223,7 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     wall = clock.wall()
     if cost:
         rt.ledger.charge(op, cost, wall)
-    _journal(rt, proc, step, plan.name, args, _OK, encoded, cost, wall)
+    _journal(rt, proc, step, plan, args, _OK, encoded, cost, wall)
     store = rt.store
     if plan.synced and store.durability == "durable":
         if proc.holds_slot:
@@ -246,14 +248,15 @@ def _journal(
     rt: Runtime,
     proc: AgentProcess,
     step: int,
-    name: str,
+    plan: _Plan,
     args: tuple[Any, ...],
     status: EntryStatus,
     result: bytes,
     mgas: int,
     wall: float,
 ) -> None:
-    digest = digest_args(args)
+    name = plan.name
+    digest = plan.digest(args)
     store = rt.store
     if len(result) > PAYLOAD_THRESHOLD:
         # Stored once by content, in this entry's batch; the entry (and its hash) holds the ref.

@@ -29,6 +29,7 @@ import blake3
 import msgspec
 
 from avm.errors import InvalidArgument, StorageError
+from avm.llm.prompts import Prompt
 
 __all__ = [
     "GENESIS",
@@ -37,11 +38,13 @@ __all__ = [
     "EntryFlag",
     "EntryStatus",
     "JournalEntry",
+    "args_digester",
     "blob_key",
     "chain_hash",
     "decode_value",
     "describe_ref",
     "digest_args",
+    "digest_model_args",
     "encode_value",
     "payload_ref",
     "ref_key",
@@ -104,6 +107,51 @@ def digest_args(args: tuple[Any, ...]) -> bytes:
     except (TypeError, ValueError, OverflowError):
         encoded = repr(args).encode()
     return _blake3(encoded).digest(16)
+
+
+# RUN_MODEL inputs often share one large system prompt among thousands of calls. Its part of the
+# digest is the BLAKE3 of its encoding, computed once per object (the prompt library hands every
+# agent the same Prompt, and neither a Prompt nor a str can change), so a call hashes a few dozen
+# bytes for it instead of the whole text. Exact all the same: the part changes with any byte.
+_PART_EXT = 1  # a msgpack extension type: no plain value an agent passes encodes like it
+_SHARED_MIN = 1024
+_MAX_PARTS = 64  # objects remembered; each is kept alive while remembered, so ids stay unique
+_parts: dict[int, tuple[object, msgspec.msgpack.Ext]] = {}
+
+
+def _part(value: Any) -> Any:
+    kind = type(value)
+    if kind is not str and kind is not Prompt:
+        return value
+    if kind is str and len(value) < _SHARED_MIN:
+        return value
+    known = _parts.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    try:
+        encoded = _encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return value
+    if kind is Prompt and len(encoded) < _SHARED_MIN:
+        return value
+    if len(_parts) >= _MAX_PARTS:
+        _parts.clear()
+    part = msgspec.msgpack.Ext(_PART_EXT, _blake3(encoded).digest())
+    _parts[id(value)] = (value, part)
+    return part
+
+
+def digest_model_args(args: tuple[Any, ...]) -> bytes:
+    """RUN_MODEL's argument digest: large prompts and strings of its input count by hash."""
+    model_input = args[1] if len(args) > 1 else None
+    if type(model_input) is list:
+        args = (args[0], [_part(item) for item in model_input], *args[2:])
+    return digest_args(args)
+
+
+def args_digester(op: str) -> Callable[[tuple[Any, ...]], bytes]:
+    """The argument digest an opcode's entries carry (the journal and replay must agree)."""
+    return digest_model_args if op == "RUN_MODEL" else digest_args
 
 
 def chain_hash(

@@ -27,7 +27,7 @@ from avm import errors
 from avm._core.host.models import MapItem, ModelInfo
 from avm._core.host.time import ScheduleTick, restore_schedule
 from avm._core.isa import Op
-from avm._core.journal import EntryStatus, JournalEntry, digest_args
+from avm._core.journal import EntryStatus, JournalEntry, args_digester
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
 from avm.errors import InstructionError, ReplayDivergence
@@ -52,6 +52,7 @@ _RESULT_TYPES: dict[Op, Any] = {
 }
 _decoders = {op: msgspec.msgpack.Decoder(t) for op, t in _RESULT_TYPES.items()}
 _plain = msgspec.msgpack.Decoder()
+_DIGESTS = {op: args_digester(op.value) for op in Op}
 
 
 def replay(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> Any:
@@ -73,7 +74,7 @@ def replay(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> An
     step = proc.step
     proc.step = step + 1
     _finish_if_done(rt, proc)
-    if entry.op != op.value or entry.args_digest != digest_args(args):
+    if entry.op != op.value or entry.args_digest != _DIGESTS[op](args):
         what = "different arguments" if entry.op == op.value else op.value
         raise ReplayDivergence(
             f"journal has {entry.op} at this step, but the agent now issued {what}; "
