@@ -40,6 +40,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
@@ -202,6 +204,21 @@ class KnowledgeStore:
             )
         return chunk_text(text, *self._chunk)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the caller holds the lock); SQLite errors become StorageError,
+        and any failure rolls everything back."""
+        self._run("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            self._run("ROLLBACK")
+            raise StorageError(f"knowledge store {self.path}: {exc}") from None
+        except BaseException:
+            self._run("ROLLBACK")
+            raise
+        self._run("COMMIT")
+
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, args).fetchall()
@@ -228,21 +245,16 @@ class KnowledgeStore:
                 found = self._run("SELECT id FROM pub_docs WHERE idem = ?", (idempotency_key,))
                 if found:
                     return int(found[0][0])
-            self._run("BEGIN IMMEDIATE")
-            try:
-                doc = self._db.execute(
+            with self._transaction() as db:
+                doc = db.execute(
                     "INSERT INTO pub_docs (namespace, title, source, added, idem) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (namespace, title, source, time.time(), idempotency_key),
                 ).lastrowid
-                self._db.executemany(
+                db.executemany(
                     "INSERT INTO pub_chunks (text, doc, namespace, seq) VALUES (?, ?, ?, ?)",
                     [(chunk, doc, namespace, seq) for seq, chunk in enumerate(chunks)],
                 )
-            except BaseException:
-                self._run("ROLLBACK")
-                raise
-            self._run("COMMIT")
         assert doc is not None
         return doc
 
@@ -293,9 +305,8 @@ class KnowledgeStore:
                 found = self._run("SELECT id FROM priv_docs WHERE idem = ?", (idem,))
                 if found:
                     return int(found[0][0])
-            self._run("BEGIN IMMEDIATE")
-            try:
-                doc = self._db.execute(
+            with self._transaction() as db:
+                doc = db.execute(
                     "INSERT INTO priv_docs (owner, nonce, meta, added, idem) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (keys.owner, meta_nonce, meta, time.time(), idem),
@@ -303,20 +314,16 @@ class KnowledgeStore:
                 assert doc is not None
                 for seq, chunk in enumerate(chunks):
                     nonce, ct = seal(keys.enc, chunk.encode(), _chunk_ad(keys.owner, doc, seq))
-                    row = self._db.execute(
+                    row = db.execute(
                         "INSERT INTO priv_chunks (owner, doc, seq, nonce, ciphertext) "
                         "VALUES (?, ?, ?, ?, ?)",
                         (keys.owner, doc, seq, nonce, ct),
                     ).lastrowid
                     hashed = " ".join(sorted(keys.term(t) for t in terms(chunk)))
-                    self._db.execute(
+                    db.execute(
                         "INSERT INTO priv_index (rowid, terms, owner) VALUES (?, ?, ?)",
                         (row, hashed, keys.owner),
                     )
-            except BaseException:
-                self._run("ROLLBACK")
-                raise
-            self._run("COMMIT")
         return doc
 
     def search_private(self, agent_id: str, query: str, *, limit: int = 5) -> list[KnowledgeHit]:
@@ -365,14 +372,14 @@ class KnowledgeStore:
             )
             if not found:
                 raise NotFound(f"agent {agent_id!r} has no private document {doc}")
-            self._run("BEGIN IMMEDIATE")
-            self._run(
-                "DELETE FROM priv_index WHERE rowid IN (SELECT id FROM priv_chunks WHERE doc = ?)",
-                (doc,),
-            )
-            self._run("DELETE FROM priv_chunks WHERE doc = ?", (doc,))
-            self._run("DELETE FROM priv_docs WHERE id = ?", (doc,))
-            self._run("COMMIT")
+            with self._transaction() as db:
+                db.execute(
+                    "DELETE FROM priv_index WHERE rowid IN "
+                    "(SELECT id FROM priv_chunks WHERE doc = ?)",
+                    (doc,),
+                )
+                db.execute("DELETE FROM priv_chunks WHERE doc = ?", (doc,))
+                db.execute("DELETE FROM priv_docs WHERE id = ?", (doc,))
 
     # -- both ----------------------------------------------------------------------------------
 
