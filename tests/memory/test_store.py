@@ -296,3 +296,11 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_demote_moves_a_ref_named_twice_once(store: ContentStore) -> None:
+    # Two passivated agents holding the same content name it twice in one batch.
+    ref = store.put(b"the same list of refs" * 10)
+    assert store.demote([ref, ref], Tier.COLD) == 1
+    assert store.tier_of(ref) is Tier.COLD
+    assert store.get(ref) == b"the same list of refs" * 10

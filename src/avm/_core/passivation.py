@@ -219,7 +219,10 @@ class Passivator:
         )
 
     def _tick(self) -> None:
-        self.sweep()
+        try:
+            self.sweep()
+        except Exception:  # a failed sweep must not stop the next ones
+            log.exception("passivation sweep failed")
         if not self._closed:
             self._arm()
 

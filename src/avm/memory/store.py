@@ -333,10 +333,12 @@ class ContentStore:
         tiers = self._tiers
         batch: list[Entry] = []
         moved = 0
+        queued: set[bytes] = set()
         for ref in refs:
             entry = self._entry(check_ref(ref))
-            if entry is None or entry.tier >= to:
-                continue
+            if entry is None or entry.tier >= to or entry.ref in queued:
+                continue  # a ref named twice moves once
+            queued.add(entry.ref)
             if to == Tier.WARM:
                 tiers.to_warm(entry)
                 moved += 1
