@@ -17,6 +17,12 @@ What it measures
     uses ``synchronous=FULL`` so that every commit is on disk. ``ratios`` divides AVM's rate by
     the baseline's.
 
+    With ``--store postgresql://.../postgres`` the throughput section runs on PostgreSQL instead,
+    each child in a database of its own that it creates and drops (the URL names one to connect
+    to for that). Baseline: asyncpg writing the same journal and KV rows, or reading the KV
+    rows, with ``executemany`` in transactions of 1,000 instructions, on the store's own schema,
+    with ``synchronous_commit`` on for durable and off for relaxed, as the store sets it.
+
     **Recovery.** A child VM (durable) spawns R agents (default 10,000) that each execute five
     KV/state instructions and park on ``ctx.receive()``. The parent polls the journal's row
     count through a read-only connection until all 5·R entries are there, SIGKILLs the child,
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -63,7 +70,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,45 +132,72 @@ def _store_of(vm: avm.VM) -> Any:
 # -- throughput: AVM ---------------------------------------------------------------------------
 
 
-async def run_throughput(mode: str, workload: str, agents: int, instructions: int) -> Json:
+@contextlib.asynccontextmanager
+async def scratch_database(server: str | None) -> AsyncIterator[str | None]:
+    """A fresh PostgreSQL database on ``server`` for one child, dropped afterwards."""
+    if server is None:
+        yield None
+        return
+    import asyncpg
+
+    name = f"avm_bench_{os.getpid()}_{int(time.time() * 1000) % 10**9}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urllib.parse.urlparse(server)._replace(path=f"/{name}").geturl()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def run_throughput(
+    mode: str, workload: str, agents: int, instructions: int, server: str | None = None
+) -> Json:
+    async with scratch_database(server) as store_url:
+        with tempfile.TemporaryDirectory(prefix="avm-journal-") as state_dir:
+            return await _throughput(state_dir, store_url, mode, workload, agents, instructions)
+
+
+async def _throughput(
+    state_dir: str, store_url: str | None, mode: str, workload: str, agents: int, instructions: int
+) -> Json:
     import avm
     from avm.testing import wait_until
 
     gate = asyncio.Event()
-    with tempfile.TemporaryDirectory(prefix="avm-journal-") as state_dir:
-        vm = avm.VM(state_dir, durability=mode, max_running=max(256, agents))
+    vm = avm.VM(state_dir, store=store_url, durability=mode, max_running=max(256, agents))
 
-        @vm.agent(name="store")
-        async def store_agent(ctx: avm.Context, n: int) -> None:
-            await gate.wait()
-            for i in range(n):
-                await ctx.kv_store(f"k{i % KEYS}", {**VALUE, "n": i})
+    @vm.agent(name="store")
+    async def store_agent(ctx: avm.Context, n: int) -> None:
+        await gate.wait()
+        for i in range(n):
+            await ctx.kv_store(f"k{i % KEYS}", {**VALUE, "n": i})
 
-        @vm.agent(name="fetch")
-        async def fetch_agent(ctx: avm.Context, n: int) -> None:
-            await gate.wait()
-            await ctx.kv_store("k", VALUE)
-            for _ in range(n - 1):
-                await ctx.kv_fetch("k")
+    @vm.agent(name="fetch")
+    async def fetch_agent(ctx: avm.Context, n: int) -> None:
+        await gate.wait()
+        await ctx.kv_store("k", VALUE)
+        for _ in range(n - 1):
+            await ctx.kv_fetch("k")
 
-        async with vm:
-            for _ in range(agents):
-                vm.spawn(workload, n=instructions)
-            # Every agent spawned, recorded and holding a run slot at the gate.
-            await wait_until(lambda: vm.stats().run_slots >= agents, timeout_s=120, what="spawn")
-            store = _store_of(vm)
-            commits, fsyncs = store.commits, getattr(store, "fsyncs", 0)
-            start = Cpu.now()
-            gate.set()
-            await vm.join()
-            span = Cpu.now().since(start)
-            commits, fsyncs = store.commits - commits, getattr(store, "fsyncs", 0) - fsyncs
-            stats = vm.stats()
-            if stats.agents["done"] != agents:
-                raise RuntimeError(f"not every agent finished: {stats.agents}")
+    async with vm:
+        for _ in range(agents):
+            vm.spawn(workload, n=instructions)
+        # Every agent spawned, recorded and holding a run slot at the gate.
+        await wait_until(lambda: vm.stats().run_slots >= agents, timeout_s=120, what="spawn")
+        store = _store_of(vm)
+        commits, fsyncs = store.commits, getattr(store, "fsyncs", 0)
+        start = Cpu.now()
+        gate.set()
+        await vm.join()
+        span = Cpu.now().since(start)
+        commits, fsyncs = store.commits - commits, getattr(store, "fsyncs", 0) - fsyncs
+        stats = vm.stats()
+        if stats.agents["done"] != agents:
+            raise RuntimeError(f"not every agent finished: {stats.agents}")
     total = agents * instructions
     return {
-        "config": f"avm_{mode}_{workload}",
+        "config": f"avm_{'pg_' if store_url else ''}{mode}_{workload}",
         "instructions": total,
         "instr_per_s": round(total / span.wall_s),
         "cpu_us_per_instr": round(span.process_s / total * 1e6, 2),
@@ -230,6 +265,61 @@ def run_baseline(mode: str, workload: str, agents: int, instructions: int) -> Js
     total = len(journal)
     return {
         "config": f"sqlite_{mode}_{workload}",
+        "instructions": total,
+        "instr_per_s": round(total / span.wall_s),
+        "cpu_us_per_instr": round(span.process_s / total * 1e6, 2),
+        "wall_s": round(span.wall_s, 4),
+        "commits": -(-total // BATCH),
+    }
+
+
+async def run_baseline_pg(
+    server: str, mode: str, workload: str, agents: int, instructions: int
+) -> Json:
+    """The PostgreSQL ceiling: asyncpg writing the VM's rows in transactions of 1,000."""
+    import asyncpg
+
+    from avm.storage.postgres import create_schema
+
+    async with scratch_database(server) as url:
+        assert url is not None
+        settings = {"synchronous_commit": "on" if mode == "durable" else "off"}
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            await create_schema(conn)
+            op = "KV_STORE" if workload == "store" else "KV_FETCH"
+            journal = _journal_rows(agents, instructions, op)
+            value = json.dumps(VALUE).encode()
+            kv = [(row[0], f"k{row[1] % KEYS}", value) for row in journal]
+            if workload == "fetch":
+                await conn.executemany(
+                    "INSERT INTO kv(agent_id, key, value) VALUES ($1, $2, $3)", kv[:agents]
+                )
+            insert_journal = (
+                "INSERT INTO journal(agent_id, step, op, args_digest, status, result, gas, "
+                "wall, prev_hash, hash, flags) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            )
+            upsert_kv = (
+                "INSERT INTO kv(agent_id, key, value) VALUES ($1, $2, $3) "
+                "ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value"
+            )
+            select_kv = "SELECT value FROM kv WHERE agent_id = $1 AND key = ANY($2::text[])"
+            start = Cpu.now()
+            for first in range(0, len(journal), BATCH):
+                async with conn.transaction():
+                    chunk = kv[first : first + BATCH]
+                    if workload == "store":
+                        await conn.executemany(upsert_kv, chunk)
+                    else:
+                        await conn.executemany(select_kv, [(a, ["k0"]) for a, _, _ in chunk])
+                    await conn.executemany(insert_journal, journal[first : first + BATCH])
+            span = Cpu.now().since(start)
+        finally:
+            await conn.close()
+    total = agents * instructions
+    return {
+        "config": f"asyncpg_{mode}_{workload}",
         "instructions": total,
         "instr_per_s": round(total / span.wall_s),
         "cpu_us_per_instr": round(span.process_s / total * 1e6, 2),
@@ -509,6 +599,8 @@ def run_all(args: argparse.Namespace) -> Json:
             for mode in args.modes:
                 for workload in args.workloads:
                     opts = {"mode": mode, "workload": workload, **sizes}
+                    if args.store:
+                        opts["store"] = args.store
                     note(launch("throughput", args.timeout, **opts), round_)
                     note(launch("baseline", args.timeout, **opts), round_)
         if "recovery" in args.sections:
@@ -527,14 +619,15 @@ def run_all(args: argparse.Namespace) -> Json:
                 note(launch("payloads", args.timeout, **opts), round_)
     results = {config: fold(config_runs) for config, config_runs in runs.items()}
     ratios: Json = {}
+    avm_name, base_name = ("avm_pg", "asyncpg") if args.store else ("avm", "sqlite")
     for mode in args.modes:
         for workload in args.workloads:
             vm, base = (
-                results.get(f"avm_{mode}_{workload}"),
-                results.get(f"sqlite_{mode}_{workload}"),
+                results.get(f"{avm_name}_{mode}_{workload}"),
+                results.get(f"{base_name}_{mode}_{workload}"),
             )
             if vm and base and "error" not in vm and "error" not in base:
-                ratios[f"avm_vs_sqlite_{mode}_{workload}"] = _ratio(
+                ratios[f"{avm_name}_vs_{base_name}_{mode}_{workload}"] = _ratio(
                     vm["instr_per_s"], base["instr_per_s"]
                 )
     inline, by_hash = results.get("payloads_inline"), results.get("payloads_by_hash")
@@ -599,6 +692,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per child")
     parser.add_argument(
+        "--store",
+        help="measure throughput on PostgreSQL: a postgresql:// URL of a database to connect "
+        "to (each child creates and drops its own)",
+    )
+    parser.add_argument(
         "--child", choices=("throughput", "baseline", "park", "recover", "floor", "payloads"),
         help=argparse.SUPPRESS,
     )  # fmt: skip
@@ -624,8 +722,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     result: Json
     if args.child == "throughput":
-        throughput = run_throughput(args.mode, args.workload, args.agents, args.instructions)
+        throughput = run_throughput(
+            args.mode, args.workload, args.agents, args.instructions, args.store
+        )
         result = asyncio.run(throughput)
+    elif args.child == "baseline" and args.store:
+        baseline = run_baseline_pg(
+            args.store, args.mode, args.workload, args.agents, args.instructions
+        )
+        result = asyncio.run(baseline)
     elif args.child == "baseline":
         result = run_baseline(args.mode, args.workload, args.agents, args.instructions)
     elif args.child == "park":

@@ -2,8 +2,8 @@
 the SQLite store, behind a ``postgresql://`` URL, through asyncpg.
 
 Writes are synchronous calls that only queue: each joins the current batch, and one flusher
-commits batches in order, each in one transaction (statements of the same kind that follow each
-other go in one ``executemany``). So, as with SQLite, a KV write and the journal entry of the
+commits batches in order, each in one transaction (grouped by the table they write, so that a
+thousand agents' interleaved KV writes and journal entries go in two ``executemany`` calls). So, as with SQLite, a KV write and the journal entry of the
 instruction that made it commit together. ``sync()`` waits for the commit covering everything
 queued so far; in ``relaxed`` mode the VM never calls it and the session commits with
 ``synchronous_commit = off``.
@@ -96,6 +96,16 @@ _AGENT_PUT = (
 )
 _AGENT_UPDATE = "UPDATE agents SET status = $1, spent = $2, budget = $3 WHERE agent_id = $4"
 _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+# The table each statement writes. A batch's statements run grouped by table, each table's in the
+# order they were queued: statements on different tables commute (no foreign keys, one
+# transaction), and the agents' interleaving (a KV write, a journal entry, the next agent's KV
+# write, ...) would otherwise cost a round trip per statement instead of one per kind.
+_TABLE = {
+    _KV_PUT: "kv", _KV_DELETE: "kv", _STATE_PUT: "execution_state",
+    _STATE_DELETE: "execution_state", _JOURNAL: "journal", _BLOB_PUT: "blobs",
+    _SWARM_JOIN: "swarm_members", _INBOX_PUT: "inbox", _INBOX_CONSUME: "inbox",
+    _AGENT_PUT: "agents", _AGENT_UPDATE: "agents",
+}  # fmt: skip
 _DELETED = object()  # overlay marker: written as deleted, not yet committed
 _KNOWN_BLOBS = 65_536  # committed blob keys remembered; past this the set starts over
 
@@ -106,6 +116,20 @@ async def create_schema(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(727175)")
         await conn.execute(_SCHEMA)
+
+
+def _by_table(
+    batch: list[tuple[str, tuple[Any, ...]]],
+) -> list[list[tuple[str, tuple[Any, ...]]]]:
+    """The batch's statements split by the table they write, each list in queue order."""
+    tables: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+    for statement in batch:
+        table = tables.get(_TABLE[statement[0]])
+        if table is None:
+            tables[_TABLE[statement[0]]] = [statement]
+        else:
+            table.append(statement)
+    return list(tables.values())
 
 
 class PostgresStateStore:
@@ -170,14 +194,15 @@ class PostgresStateStore:
 
     async def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            start = 0
-            while start < len(batch):
-                sql = batch[start][0]
-                end = start + 1
-                while end < len(batch) and batch[end][0] == sql:
-                    end += 1
-                await conn.executemany(sql, [args for _, args in batch[start:end]])
-                start = end
+            for statements in _by_table(batch):
+                start = 0
+                while start < len(statements):
+                    sql = statements[start][0]
+                    end = start + 1
+                    while end < len(statements) and statements[end][0] == sql:
+                        end += 1
+                    await conn.executemany(sql, [args for _, args in statements[start:end]])
+                    start = end
 
     def _settle(self, number: int) -> None:
         waiting, self._waiters = self._waiters, []
