@@ -133,6 +133,26 @@ async def test_a_revoked_grant_stops_the_key_at_the_provider(tmp_path: Path) -> 
     keys.close()
 
 
+async def test_another_agent_cannot_spend_a_templates_model_key(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    keys = open_keys(state)
+    async with FakeOpenAIServer(api_key=SECRET) as server:
+        async with avm.VM(state, keys=keys) as vm:
+            assembler.register(vm, image_for("openai:fake-gpt", server.base_url))
+
+            @vm.agent  # granted every model the VM has, the template's included
+            async def borrower(ctx: avm.Context) -> str:
+                reply = await ctx.run_model("asker/brain", "hello")
+                return reply.text
+
+            with pytest.raises(avm.AgentFailed) as failed:
+                await vm.spawn(borrower).result()
+        assert server.request_count == 0
+    assert isinstance(failed.value.__cause__, avm.CapabilityDenied)
+    assert "asker" in str(failed.value.__cause__)
+    keys.close()
+
+
 async def test_what_registration_refuses(tmp_path: Path) -> None:
     image = image_for("openai:fake-gpt", "http://127.0.0.1:9/v1")
     async with avm.VM(tmp_path / "bare") as vm:

@@ -21,7 +21,8 @@ from avm._core.host import Host
 from avm._core.isa import Op
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
-from avm.errors import AvmError, InstructionError, InvalidArgument, ModelError
+from avm.config import ModelConfig
+from avm.errors import AvmError, CapabilityDenied, InstructionError, InvalidArgument, ModelError
 from avm.llm.chat import ASSEMBLER, ConversationInput
 from avm.llm.messages import to_messages
 from avm.llm.prompts import Prompt
@@ -66,10 +67,27 @@ def tool_specs(rt: Runtime, proc: AgentProcess, tools: Any) -> tuple[ToolSpec, .
     return tuple(specs)
 
 
-def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _ModelCall:
-    name, value, max_tokens, temperature, tools, deferrable, cache = args
+def _granted_model(rt: Runtime, proc: AgentProcess, name: str) -> ModelConfig:
+    """Model ``name``'s configuration, if this agent may call it.
+
+    Beyond the agent's own grants: a model that authenticates with a key-manager secret (a
+    template's model) serves only the definition the secret was granted to, so no other agent
+    spends that key, even one granted every model.
+    """
     proc.definition.capabilities.check_model(name)
     config = rt.models.config(name)
+    key = rt.models.key(name)
+    if key is not None and key.definition != proc.definition.name:
+        raise CapabilityDenied(
+            f"model {name!r} authenticates with a secret granted to {key.definition!r}, "
+            "so only its agents may call it"
+        )
+    return config
+
+
+def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _ModelCall:
+    name, value, max_tokens, temperature, tools, deferrable, cache = args
+    config = _granted_model(rt, proc, name)
     prefix: PrefixHint | None = None
     if type(value) is tuple and len(value) == 1 and type(value[0]) is ConversationInput:
         messages, specs, prefix = _assemble(rt, value[0], tools)
@@ -136,8 +154,7 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 
 def _prepare_load(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> str:
-    proc.definition.capabilities.check_model(args[0])
-    rt.models.config(args[0])
+    _granted_model(rt, proc, args[0])
     return str(args[0])
 
 
@@ -181,8 +198,7 @@ _MAP_CONCURRENCY = 16  # items of one map in flight at once; the pacer limits th
 
 def _prepare_map(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _MapCall:
     name, dataset, max_tokens = args
-    proc.definition.capabilities.check_model(name)
-    config = rt.models.config(name)
+    config = _granted_model(rt, proc, name)
     requests = []
     bound = 0
     for index, item in enumerate(dataset):
@@ -282,8 +298,7 @@ def _prepare_reduce(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _
     values = [v for v in map(_text_of, results) if v is not None]
     if kind == "summarize":
         name = model or "default"
-        proc.definition.capabilities.check_model(name)
-        rt.models.config(name)
+        _granted_model(rt, proc, name)
         return _Reduce(kind, values, name)
     if kind not in _BUILTIN_REDUCERS and agg_type not in rt.reducers:
         known = ", ".join([*_BUILTIN_REDUCERS, *sorted(rt.reducers)])
