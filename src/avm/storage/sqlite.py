@@ -208,6 +208,13 @@ class _Recovering(NamedTuple):
     head: tuple[int, bytes] | None
     gas: int
     checkpoint: int | None
+    topics: list[tuple[str, int]]  # swarms joined, with the step of the join
+
+
+_TOPICS_AHEAD = """
+SELECT m.agent_id, m.topic, m.step FROM swarm_members m JOIN agents a USING (agent_id)
+WHERE a.status IN ('running', 'out_of_gas', 'stopped') ORDER BY m.step
+"""
 
 
 class _Job:
@@ -658,6 +665,9 @@ class SqliteStateStore:
         self._queue(_SWARM_JOIN, (agent_id, topic, step))
 
     async def swarm_topics(self, agent_id: str, from_step: int) -> list[str]:
+        known = self._recovering.get(agent_id)
+        if known is not None:
+            return [topic for topic, step in known.topics if step >= from_step]
         self._commit_for_read()
         rows = self._db.execute(
             "SELECT topic FROM swarm_members WHERE agent_id = ? AND step >= ? ORDER BY step",
@@ -710,22 +720,27 @@ class SqliteStateStore:
     async def agents_unfinished(self) -> list[AgentRecord]:
         """The agents to resume, with what restoring each will ask of the journal read ahead.
 
-        The VM next asks for every one of them its journal head, its gas total and its last
-        checkpoint: one statement answers all three for all of them (SQLite runs the per-agent
-        lookups itself, on the journal's index), instead of three round trips per agent. The
-        answers stand until the agent writes to its journal again.
+        The VM next asks for every one of them its journal head, its gas total, its last
+        checkpoint and its swarms: two statements answer those for all of them (SQLite runs the
+        per-agent lookups itself, on the journal's index), instead of four round trips per
+        agent. The answers stand until the agent writes to its journal again (joining a swarm
+        writes an entry too).
         """
         self._commit_for_read()
         rows = self._db.execute(
             f"SELECT {_AGENT_COLUMNS} FROM agents "
             "WHERE status IN ('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
         ).fetchall()
+        topics: dict[str, list[tuple[str, int]]] = {}
+        for agent_id, topic, step in self._db.execute(_TOPICS_AHEAD):
+            topics.setdefault(str(agent_id), []).append((str(topic), int(step)))
         self._recovering = {
             str(r[0]): _Recovering(
                 int(r[1]),
                 None if r[2] is None else (int(r[2]), bytes(r[3])),
                 int(r[4]),
                 None if r[5] is None else int(r[5]),
+                topics.get(str(r[0]), []),
             )
             for r in self._db.execute(_READ_AHEAD)
         }
