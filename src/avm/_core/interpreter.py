@@ -312,8 +312,9 @@ async def _wait_for_recovery(rt: Runtime, proc: AgentProcess) -> None:
 
     The agent whose replay opens the gate still passes through the event loop once, behind the
     agents that were waiting for it: their first live instructions were due first. Going ahead
-    of them, it could for instance broadcast to a swarm that an agent resumed from a checkpoint
-    has not joined again yet.
+    of them, it could for instance broadcast to a swarm that another agent's first live
+    instruction was about to join. (Memberships made before the crash need no such care:
+    recovery restores them from the store before any agent replays.)
     """
     _give_up_slot(rt, proc)
     rt.scheduler.move(proc, _READY)
