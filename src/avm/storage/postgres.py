@@ -3,10 +3,10 @@ the SQLite store, behind a ``postgresql://`` URL, through asyncpg.
 
 Writes are synchronous calls that only queue: each joins the current batch, and one flusher
 commits batches in order, each in one transaction (grouped by the table they write, so that a
-thousand agents' interleaved KV writes and journal entries go in two ``executemany`` calls). So, as with SQLite, a KV write and the journal entry of the
-instruction that made it commit together. ``sync()`` waits for the commit covering everything
-queued so far; in ``relaxed`` mode the VM never calls it and the session commits with
-``synchronous_commit = off``.
+thousand agents' interleaved KV writes and journal entries go in two ``executemany`` calls). So,
+as with SQLite, a KV write and the journal entry of the instruction that made it commit
+together. ``sync()`` waits for the commit covering everything queued so far; in ``relaxed`` mode
+the VM never calls it and the session commits with ``synchronous_commit = off``.
 
 Reads must see writes still queued or in flight: KV, execution state, blobs and chain heads keep
 an overlay of the values written since the last commit that covered them. A blob key committed
