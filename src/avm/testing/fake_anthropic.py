@@ -26,29 +26,23 @@ As a separate process, serving until killed; it prints its base URL when ready::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
-import contextlib
 import hashlib
-import itertools
 import logging
-import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Unpack
 
 import msgspec
 from aiohttp import web
 
-from avm.testing.fake_openai import (
-    FakeReply,
-    FakeReplyLike,
-    Responder,
-    _as_reply,
-    count_tokens,
+from avm.testing.loopback_server import (
+    LoopbackOptions,
+    LoopbackServer,
+    command_line,
+    serve_from_command_line,
+    server_options,
 )
+from avm.testing.replies import FakeReply, count_tokens
 
 __all__ = ["FakeAnthropicServer", "main"]
 
@@ -57,9 +51,7 @@ logger = logging.getLogger(__name__)
 MESSAGES_PATH: Final = "/v1/messages"
 BATCHES_PATH: Final = "/v1/messages/batches"
 
-_ECHO_CHARS: Final = 200
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
-_MAX_BODY_BYTES: Final = 256 * 1024 * 1024
 
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
@@ -83,14 +75,6 @@ def _error_body(status: int, message: str) -> bytes:
 
 class _Invalid(Exception):
     """A request the real API would refuse with 400."""
-
-
-@dataclass(slots=True)
-class _Failure:
-    status: int
-    retry_after_s: float | None
-    message: str | None
-    remaining: int
 
 
 @dataclass(slots=True)
@@ -132,248 +116,93 @@ def _blocks(content: object) -> list[dict[str, Any]]:
     return []
 
 
-class FakeAnthropicServer:
+class FakeAnthropicServer(LoopbackServer):
     """An Anthropic Messages API server on loopback.
 
     Use as ``async with FakeAnthropicServer(...) as server``. Knobs are plain attributes that
-    may change while it runs.
-
-    Args:
-        host, port: where to listen (port 0 picks a free one).
-        latency_s: seconds every message waits before answering.
-        responder: called with each decoded request body when no scripted reply is queued.
-        script: replies served in order before ``responder`` or echo.
-        api_key: when set, requests must carry ``x-api-key: <api_key>`` or get 401.
-        cache_min_tokens: smallest prefix that prompt caching stores (Anthropic: 1024-4096,
-            by model).
-        stream_chunk_chars: characters of text (or tool input JSON) per streamed delta.
-        batch_latency_s: seconds from creating a batch until its processing ends.
-        record_limit: request bodies kept in :attr:`requests` (None keeps all).
+    may change while it runs. It takes the options of :class:`LoopbackServer`; here ``api_key``
+    is checked against the ``x-api-key`` header, ``cache_min_tokens`` is the smallest prefix
+    that prompt caching stores (Anthropic: 1024-4096, by model), and :meth:`fail_next` injects
+    529 "overloaded" unless told otherwise.
     """
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        latency_s: float = 0.0,
-        responder: Responder | None = None,
-        script: Iterable[FakeReplyLike] = (),
-        api_key: str | None = None,
-        cache_min_tokens: int = 1024,
-        stream_chunk_chars: int = 16,
-        batch_latency_s: float = 0.0,
-        record_limit: int | None = 1000,
-    ) -> None:
-        self.host = host
-        self.latency_s = latency_s
-        self.responder = responder
-        self.api_key = api_key
-        self.cache_min_tokens = cache_min_tokens
-        self.stream_chunk_chars = max(1, stream_chunk_chars)
-        self.batch_latency_s = batch_latency_s
-        self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=record_limit)
-        """Decoded ``/v1/messages`` request bodies, oldest first."""
-        self.arrivals: collections.deque[float] = collections.deque(maxlen=record_limit)
-        """``time.monotonic()`` of each message request's arrival."""
-        self.batch_requests: list[dict[str, Any]] = []
-        """``params`` of every batch request answered, in order."""
-        self.path_counts: collections.Counter[str] = collections.Counter()
+    default_failure_status: ClassVar[int] = 529
+
+    def __init__(self, **options: Unpack[LoopbackOptions]) -> None:
+        super().__init__(**options)
         self.batches: dict[str, _Batch] = {}
-        self._requested_port = port
-        self._port: int | None = None
-        self._script: collections.deque[FakeReply] = collections.deque(_as_reply(r) for r in script)
-        self._failures: collections.deque[_Failure] = collections.deque()
-        self._ids = itertools.count(1)
-        self._cache: set[bytes] = set()
-        self._runner: web.AppRunner | None = None
-        self._timers: list[asyncio.TimerHandle] = []
-
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
-        app.router.add_post(MESSAGES_PATH, self._messages)
-        app.router.add_post(BATCHES_PATH, self._create_batch)
-        app.router.add_get(BATCHES_PATH + "/{batch_id}", self._get_batch)
-        app.router.add_get(BATCHES_PATH + "/{batch_id}/results", self._batch_results)
-        app.router.add_post(BATCHES_PATH + "/{batch_id}/cancel", self._cancel_batch)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, handler_cancellation=True
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, backlog=4096)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeAnthropicServer is not started; use 'async with' or start()")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """The API root, e.g. ``http://127.0.0.1:54321`` (paths start with ``/v1``)."""
-        return f"http://{self.host}:{self.port}"
-
-    # --- control -----------------------------------------------------------------------------
-
-    def script(self, *replies: FakeReplyLike) -> None:
-        """Queue replies to serve, in order, before the responder or echo mode."""
-        self._script.extend(_as_reply(r) for r in replies)
-
-    def fail_next(
-        self,
-        n: int = 1,
-        *,
-        status: int = 529,
-        retry_after_s: float | None = None,
-        message: str | None = None,
-    ) -> None:
-        """Make the next ``n`` messages (live or batch lines) fail with ``status``."""
-        if n:
-            self._failures.append(_Failure(status, retry_after_s, message, n))
+        """Message batches by id."""
 
     @property
     def message_count(self) -> int:
         """How many ``/v1/messages`` requests arrived (failed ones included)."""
         return self.path_counts[MESSAGES_PATH]
 
-    def reset(self) -> None:
-        self.requests.clear()
-        self.arrivals.clear()
-        self.batch_requests.clear()
-        self.path_counts.clear()
-        self._failures.clear()
-        self._script.clear()
-        self._cache.clear()
+    # --- protocol ----------------------------------------------------------------------------
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post(MESSAGES_PATH, self._messages)
+        router.add_post(BATCHES_PATH, self._create_batch)
+        router.add_get(BATCHES_PATH + "/{batch_id}", self._get_batch)
+        router.add_get(BATCHES_PATH + "/{batch_id}/results", self._batch_results)
+        router.add_post(BATCHES_PATH + "/{batch_id}/cancel", self._cancel_batch)
+
+    def _authenticate(self, request: web.Request) -> None:
+        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+            self._refuse(401, f"invalid x-api-key: {request.headers.get('x-api-key', '')}")
+        if not request.headers.get("anthropic-version"):
+            self._refuse(400, "anthropic-version: header is required")
+
+    def _error_body(self, status: int, message: str) -> bytes:
+        return _error_body(status, message)
+
+    def _echo_text(self, content: object) -> str:
+        return _text_of(content)
 
     # --- handlers ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
-        headers = {"Retry-After": f"{retry_after_s:g}"} if retry_after_s is not None else None
-        return web.Response(
-            status=status,
-            body=_error_body(status, message),
-            content_type="application/json",
-            headers=headers,
-        )
-
-    def _refused(self, request: web.Request) -> web.Response | None:
-        self.path_counts[request.path] += 1
-        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
-            given = request.headers.get("x-api-key", "")
-            return self._error(401, f"invalid x-api-key: {given}")
-        if not request.headers.get("anthropic-version"):
-            return self._error(400, "anthropic-version: header is required")
-        return None
-
-    async def _not_found(self, request: web.Request) -> web.Response:
-        self.path_counts[request.path] += 1
-        return self._error(404, f"Not found: {request.method} {request.path}")
-
-    def _next_failure(self) -> _Failure | None:
-        if not self._failures:
-            return None
-        failure = self._failures[0]
-        failure.remaining -= 1
-        if failure.remaining <= 0:
-            self._failures.popleft()
-        return failure
-
-    async def _read_json(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            body = _DECODER.decode(await request.read())
-        except msgspec.DecodeError as exc:
-            return self._error(400, f"invalid JSON body: {exc}")
-        if not isinstance(body, dict):
-            return self._error(400, "the body must be a JSON object")
-        return body
-
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
+        self._admit(request)
         body = await self._read_json(request)
-        if isinstance(body, web.Response):
-            return body
         try:
             self._validate(body)
         except _Invalid as exc:
-            return self._error(400, str(exc))
-        self.requests.append(body)
-        self.arrivals.append(time.monotonic())
+            self._refuse(400, str(exc))
+        self._record(body)
         failure = self._next_failure()
         if failure is not None:
-            text = failure.message or f"Injected failure (HTTP {failure.status})"
-            return self._error(failure.status, text, failure.retry_after_s)
+            return self._failure_response(failure)
         reply = self._next_reply(body)
-        if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
+        await self._wait_latency()
         answer = self._answer(body, reply)
         if body.get("stream") is True:
             return await self._stream(request, answer)
-        return web.Response(body=_ENCODER.encode(answer), content_type="application/json")
+        return self._json_response(answer)
 
     # --- batches -----------------------------------------------------------------------------
 
     async def _create_batch(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
+        self._admit(request)
         body = await self._read_json(request)
-        if isinstance(body, web.Response):
-            return body
         items = body.get("requests")
         if not isinstance(items, list) or not items:
-            return self._error(400, "requests: a non-empty list is required")
+            self._refuse(400, "requests: a non-empty list is required")
         seen: set[str] = set()
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("params"), dict):
-                return self._error(400, f"requests.{i}: 'custom_id' and 'params' are required")
+                self._refuse(400, f"requests.{i}: 'custom_id' and 'params' are required")
             custom_id = item.get("custom_id")
             if not isinstance(custom_id, str) or custom_id in seen:
-                return self._error(400, f"requests.{i}.custom_id: missing or duplicated")
+                self._refuse(400, f"requests.{i}.custom_id: missing or duplicated")
             seen.add(custom_id)
             if item["params"].get("stream"):
-                return self._error(400, f"requests.{i}.params.stream: not allowed in a batch")
+                self._refuse(400, f"requests.{i}.params.stream: not allowed in a batch")
         batch = _Batch(f"msgbatch_{next(self._ids):012x}", items, time.time())
         self.batches[batch.id] = batch
-        loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(self.batch_latency_s, self._finish_batch, batch.id))
-        return self._batch_response(request, batch)
+        self._after_batch_latency(self._finish_batch, batch.id)
+        return self._json_response(self._batch_object(batch))
 
-    def _batch_object(self, request: web.Request, batch: _Batch) -> dict[str, Any]:
+    def _batch_object(self, batch: _Batch) -> dict[str, Any]:
         counts = batch.counts or {
             "processing": len(batch.requests),
             "succeeded": 0,
@@ -398,42 +227,24 @@ class FakeAnthropicServer:
             "results_url": results_url,
         }
 
-    def _batch_response(self, request: web.Request, batch: _Batch) -> web.Response:
-        return web.Response(
-            body=_ENCODER.encode(self._batch_object(request, batch)),
-            content_type="application/json",
-        )
-
-    def _find_batch(self, request: web.Request) -> _Batch | web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return self._error(404, f"batch {request.match_info['batch_id']} not found")
-        return batch
+    def _find_batch(self, request: web.Request) -> _Batch:
+        self._admit(request)
+        return self._lookup(self.batches, request, "batch_id")
 
     async def _get_batch(self, request: web.Request) -> web.Response:
-        found = self._find_batch(request)
-        if isinstance(found, web.Response):
-            return found
-        return self._batch_response(request, found)
+        return self._json_response(self._batch_object(self._find_batch(request)))
 
     async def _batch_results(self, request: web.Request) -> web.Response:
-        found = self._find_batch(request)
-        if isinstance(found, web.Response):
-            return found
-        if found.results is None:
-            return self._error(400, f"batch {found.id} is still in progress")
-        return web.Response(body=found.results, content_type="application/binary")
+        batch = self._find_batch(request)
+        if batch.results is None:
+            self._refuse(400, f"batch {batch.id} is still in progress")
+        return web.Response(body=batch.results, content_type="application/binary")
 
     async def _cancel_batch(self, request: web.Request) -> web.Response:
-        found = self._find_batch(request)
-        if isinstance(found, web.Response):
-            return found
-        if found.status == "in_progress":
-            found.status = "canceling"
-        return self._batch_response(request, found)
+        batch = self._find_batch(request)
+        if batch.status == "in_progress":
+            batch.status = "canceling"
+        return self._json_response(self._batch_object(batch))
 
     def _finish_batch(self, batch_id: str) -> None:
         batch = self.batches[batch_id]
@@ -465,8 +276,7 @@ class FakeAnthropicServer:
         failure = self._next_failure()
         if failure is not None:
             kind = _ERROR_TYPES.get(failure.status, "api_error")
-            text = failure.message or f"Injected failure (HTTP {failure.status})"
-            error = {"type": kind, "message": text}
+            error = {"type": kind, "message": failure.text}
             return {"type": "errored", "error": {"type": "error", "error": error}}
         answer = self._answer(params, self._next_reply(params))
         return {"type": "succeeded", "message": answer}
@@ -506,16 +316,6 @@ class FakeAnthropicServer:
             if not isinstance(tool, dict) or not isinstance(tool.get("input_schema"), dict):
                 raise _Invalid(f"tools.{j}.input_schema: Field required")
 
-    def _next_reply(self, body: dict[str, Any]) -> FakeReply:
-        if self._script:
-            return self._script.popleft()
-        if self.responder is not None:
-            return _as_reply(self.responder(body))
-        for message in reversed(body["messages"]):
-            if message.get("role") == "user":
-                return FakeReply(text="echo: " + _text_of(message.get("content"))[:_ECHO_CHARS])
-        return FakeReply(text="echo: ")
-
     def _prompt(self, body: dict[str, Any]) -> tuple[int, int, int]:
         """Input, cache-write and cache-read tokens, with caching at ``cache_control`` marks."""
         units: list[tuple[int, bool, bytes]] = []  # tokens, marked, content
@@ -540,9 +340,9 @@ class FakeAnthropicServer:
         if prefix_tokens < self.cache_min_tokens:
             return total, 0, 0
         digest = hashlib.blake2b(b"\0".join(u[2] for u in units[: last + 1])).digest()
-        if digest in self._cache:
+        if digest in self._cached_prefixes:
             return total - prefix_tokens, 0, prefix_tokens
-        self._cache.add(digest)
+        self._cached_prefixes.add(digest)
         return total - prefix_tokens, prefix_tokens, 0
 
     def _answer(self, body: dict[str, Any], reply: FakeReply) -> dict[str, Any]:
@@ -592,11 +392,6 @@ class FakeAnthropicServer:
         }
 
     async def _stream(self, request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-
         def event(kind: str, data: dict[str, Any]) -> bytes:
             return b"event: %s\ndata: %s\n\n" % (kind.encode(), _ENCODER.encode(data))
 
@@ -607,48 +402,30 @@ class FakeAnthropicServer:
         parts = [event("message_start", {"type": "message_start", "message": start})]
         step = self.stream_chunk_chars
         for index, block in enumerate(message["content"]):
+            # A text block streams its text; a tool_use block streams its input as JSON text.
+            opening: dict[str, Any]
             if block["type"] == "text":
-                parts.append(
-                    event(
-                        "content_block_start",
-                        {
-                            "type": "content_block_start",
-                            "index": index,
-                            "content_block": {"type": "text", "text": ""},
-                        },
-                    )
-                )
-                text = block["text"]
-                for i in range(0, len(text), step):
-                    delta = {"type": "text_delta", "text": text[i : i + step]}
-                    parts.append(
-                        event(
-                            "content_block_delta",
-                            {"type": "content_block_delta", "index": index, "delta": delta},
-                        )
-                    )
+                opening = {"type": "text", "text": ""}
+                kind, key, payload = "text_delta", "text", block["text"]
             else:
-                start_block = {"type": "tool_use", "id": block["id"], "name": block["name"]}
-                start_block["input"] = {}
+                opening = {"type": "tool_use", "id": block["id"], "name": block["name"]}
+                opening["input"] = {}
+                kind, key = "input_json_delta", "partial_json"
+                payload = _ENCODER.encode(block["input"]).decode()
+            parts.append(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": opening},
+                )
+            )
+            for i in range(0, len(payload), step):
+                delta = {"type": kind, key: payload[i : i + step]}
                 parts.append(
                     event(
-                        "content_block_start",
-                        {
-                            "type": "content_block_start",
-                            "index": index,
-                            "content_block": start_block,
-                        },
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
                     )
                 )
-                arguments = _ENCODER.encode(block["input"]).decode()
-                for i in range(0, len(arguments), step):
-                    delta = {"type": "input_json_delta", "partial_json": arguments[i : i + step]}
-                    parts.append(
-                        event(
-                            "content_block_delta",
-                            {"type": "content_block_delta", "index": index, "delta": delta},
-                        )
-                    )
             parts.append(
                 event("content_block_stop", {"type": "content_block_stop", "index": index})
             )
@@ -668,9 +445,7 @@ class FakeAnthropicServer:
             )
         )
         parts.append(event("message_stop", {"type": "message_stop"}))
-        await response.write(b"".join(parts))
-        await response.write_eof()
-        return response
+        return await self._event_stream(request, parts)
 
 
 def _iso(timestamp: float) -> str:
@@ -681,45 +456,18 @@ def _iso(timestamp: float) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m avm.testing.fake_anthropic",
-        description="Serve a fake Anthropic Messages API until killed; prints the base URL.",
+    parser = command_line(
+        "python -m avm.testing.fake_anthropic",
+        "Serve a fake Anthropic Messages API until killed; prints the base URL.",
+        port=8001,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per message")
-    parser.add_argument("--batch-latency", type=float, default=0.0, help="seconds per batch")
-    parser.add_argument("--api-key", default=None, help="require this x-api-key")
-    parser.add_argument("--record-limit", type=int, default=0, help="request bodies to keep")
-    parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    server = FakeAnthropicServer(
-        host=args.host,
-        port=args.port,
-        latency_s=args.latency,
-        api_key=args.api_key,
-        batch_latency_s=args.batch_latency,
-        record_limit=args.record_limit,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    async with server:
-        print(server.base_url, flush=True)
-        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the fake server from the command line until SIGINT or SIGTERM."""
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper())
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    serve_from_command_line(FakeAnthropicServer(**server_options(args)), args)
 
 
 if __name__ == "__main__":
