@@ -30,12 +30,12 @@ class PassivatedAgent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An idle agent, reduced to what re-activating it needs.
 
     ``image`` is the content-addressed image the agent runs (None for a Python agent; then
-    ``definition`` names its registered definition). ``journal_pos`` is the step of the instruction it waits in: the
-    first step with no journal entry yet. ``wake`` says what ends the wait: a deadline
-    (monotonic seconds) for a timer, a task or request id for a response, a topic for a
-    subscription; ``None`` for "any message". ``memory`` is a *held* ref (a link list of the
-    content the agent holds): release it with ``store.decref`` once the agent is active again
-    and holds that content itself.
+    ``definition`` names its registered definition). ``journal_pos`` is the step of the
+    instruction it waits in: the first step with no journal entry yet. ``wake`` says what ends
+    the wait: a deadline (monotonic seconds) for a timer, a task or request id for a response, a
+    topic for a subscription; ``None`` for "any message". ``memory`` is a *held* ref (a link
+    list of the content the agent holds): release it with ``store.decref`` once the agent is
+    active again and holds that content itself.
 
     The VM's own records fill the rest: ``deadline`` is when the wait ends by itself (a timer,
     or a message wait's timeout); ``priority``, ``budget`` and ``spent`` (milligas) answer for
