@@ -65,3 +65,42 @@ async def test_deleting_ten_thousand_agents_returns_their_unique_content(tmp_pat
         assert stats.agents["killed"] == 0  # deleted agents are not counted any more
         assert stats.agents["waiting"] == kept
         assert vm.agent_count("all") == kept
+
+
+async def test_a_live_agents_conversation_survives_collection(tmp_path: Path) -> None:
+    async with avm.VM(tmp_path / "state", durability="relaxed") as vm:
+
+        @vm.agent(name="talker")
+        async def talker(ctx: Context) -> int:
+            chat = ctx.conversation(system=SHARED, prompt=f"You are {ctx.agent_id}.")
+            for turn in range(3):
+                chat = chat.append("user", f"{ctx.agent_id} says {turn}")
+            await ctx.receive()
+            # The text is read back from the store when the agent goes on.
+            return sum(len(m.content or "") for m in chat.messages())
+
+        first, second = vm.spawn(talker, agent_id="t1"), vm.spawn(talker, agent_id="t2")
+        await wait_until(lambda: vm.stats().waiting["message"] == 2)
+        store = vm.memory
+        assert store is not None
+        # Each agent holds the shared prompt, its own prompt and its three messages: one hold
+        # per agent and content; the shared prompt is stored once, held twice.
+        assert len(vm.held("t1")) == len(vm.held("t2")) == 5
+        shared = store.put(SHARED, hold=False)
+        assert store.holds(shared) == 2
+        assert vm.collect().reclaimed_entries == 0  # chats stored unheld, but their agents hold
+        # Passivated, t1's chat lives on only as its held list; it is re-built on waking.
+        assert vm.passivate("t1")
+        assert vm.collect().reclaimed_entries == 0
+
+        await vm.post("t1", "go")
+        expected = len(SHARED) + len("You are t1.") + sum(len(f"t1 says {t}") for t in range(3))
+        assert await first.result() == expected
+        assert vm.collect().reclaimed_entries == 1  # the list t1 was passivated with
+
+        await vm.delete("t2")
+        report = vm.collect()
+        assert report.reclaimed_entries == 4  # t2's own prompt and messages; SHARED stays
+        assert store.holds(shared) == 1
+        assert store.text(shared) == SHARED
+        assert second.id == "t2"

@@ -7,6 +7,7 @@ these methods: that is what lets the VM meter, persist and replay it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -116,7 +117,9 @@ class Context:
         if memory is None:
             raise VMStateError("the VM's content store is not open: is the VM running?")
         specs = tool_specs(self._rt, self._proc, tools) if tools else None
-        return Chat.start(memory, system=system, prompt=prompt, tools=specs)
+        hold, agent_id = self._rt.hold, self._proc.id
+        keep = None if hold is None else functools.partial(hold, agent_id)
+        return Chat.start(memory, system=system, prompt=prompt, tools=specs, keep=keep)
 
     async def run_model(
         self,

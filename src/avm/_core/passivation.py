@@ -157,7 +157,7 @@ class Passivator:
         start: Callable[[AgentProcess, PassivatedAgent], None],
         make_process: Callable[[PassivatedAgent], AgentProcess],
         memory: ContentStore,
-        held: dict[str, list[ContentRef]],
+        held: dict[str, dict[ContentRef, None]],
     ) -> None:
         self._rt_: Runtime | None = None
         self.after_s = after_s
@@ -277,7 +277,7 @@ class Passivator:
         if held:
             # One held link list stands for the agent's holds; what only it holds goes to disk
             # (in one batch per sweep when the sweep passes ``demote``).
-            memory = self._memory.put_links(held)
+            memory = self._memory.put_links(list(held))
             cold = demote if demote is not None else []
             cold.append(memory)
             cold.extend(ref for ref in held if self._memory.holds(ref) == 1)
@@ -343,8 +343,9 @@ class Passivator:
         self._activating.add(agent_id)
         if record.memory is not None:
             children, _ = self._memory.read_links(record.memory)
-            held = self._held.setdefault(agent_id, [])
-            held.extend(ref for ref in children if ref not in held)
+            held = self._held.setdefault(agent_id, {})
+            for ref in children:
+                held.setdefault(ref)
             self._memory.decref(record.memory)
         self._start(proc, record)
         if record.deadline is not None and proc.task is not None:

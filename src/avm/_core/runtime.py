@@ -20,6 +20,7 @@ from avm.config import GasPrices, VMConfig
 from avm.keys.manager import KeyManager
 from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
+from avm.memory.refs import ContentRef
 from avm.memory.store import ContentStore
 from avm.storage.agent_sql import AgentDatabases
 from avm.storage.base import StateStore
@@ -48,5 +49,7 @@ class Runtime:
     recovery: RecoveryGate
     keys: KeyManager | None = None  # secrets and their redactor, when the VM has any
     memory: ContentStore | None = None  # the VM's content store (conversations live in it)
+    # Makes an agent hold a ref of the content store until it is deleted (see VM.hold).
+    hold: Callable[[str, ContentRef], None] | None = None
     # REDUCE_MODEL_CALL's user aggregations, by name: values -> aggregate (may be async)
     reducers: dict[str, Callable[[list[Any]], Any]] = field(default_factory=dict)

@@ -234,7 +234,8 @@ class VM:
         self._rt: Runtime | None = None
         self._passivator: Passivator | None = None
         # Content each agent holds (vm.hold), released when the agent is deleted.
-        self._held: dict[str, list[ContentRef]] = {}
+        # What each agent holds in the content store, in order (a dict as an ordered set).
+        self._held: dict[str, dict[ContentRef, None]] = {}
         self._orphans: dict[str, list[AgentRecord]] = {}
         self._started_at = 0.0
         self._stopping = False
@@ -382,6 +383,8 @@ class VM:
             model_requests=RateMeter(),
             recovery=RecoveryGate(),
             keys=self.keys,
+            memory=memory,
+            hold=self._hold_ref,
             reducers=self._reducers,
         )
         if self.keys is not None:
@@ -389,7 +392,6 @@ class VM:
         self.memory = memory
         self._passivator = passivator
         passivator.bind(self._rt)
-        self._rt.memory = self.memory
         self._started_at = self.clock.monotonic()
         log.info("VM started with state in %s", state_dir)
         if self.config.recover:
@@ -888,11 +890,15 @@ class VM:
         if self._passive_record(agent_id) is None:
             self._process(agent_id)  # raises UnknownAgent
         ref = store.put(content, hold=False)
-        held = self._held.setdefault(agent_id, [])
-        if ref not in held:
-            store.incref(ref)
-            held.append(ref)
+        self._hold_ref(agent_id, ref)
         return ref
+
+    def _hold_ref(self, agent_id: str, ref: ContentRef) -> None:
+        """One hold of ``ref`` for ``agent_id``, however often its code stores that content."""
+        held = self._held.setdefault(agent_id, {})
+        if ref not in held:
+            self._content().incref(ref)
+            held[ref] = None
 
     def held(self, agent_id: str) -> tuple[ContentRef, ...]:
         """The refs ``agent_id`` holds (see :meth:`hold`)."""

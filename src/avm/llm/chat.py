@@ -26,7 +26,7 @@ Three pieces, one path::
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, TypeVar, get_args
 
 import msgspec
@@ -65,11 +65,17 @@ class Chat:
         chat = chat.append_reply(reply)
     """
 
-    __slots__ = ("conversation", "store")
+    __slots__ = ("_keep", "conversation", "store")
 
-    def __init__(self, store: ContentStore, conversation: Conversation) -> None:
+    def __init__(
+        self,
+        store: ContentStore,
+        conversation: Conversation,
+        keep: Callable[[ContentRef], None] | None = None,
+    ) -> None:
         self.store = store
         self.conversation = conversation
+        self._keep = keep
 
     @classmethod
     def start(
@@ -79,8 +85,14 @@ class Chat:
         system: str | Prompt | None = None,
         prompt: str | Prompt | None = None,
         tools: Sequence[ToolSpec] | None = None,
+        keep: Callable[[ContentRef], None] | None = None,
     ) -> Chat:
-        """A new, empty chat; the texts and tool schemas given are stored (once per content)."""
+        """A new, empty chat; the texts and tool schemas given are stored (once per content).
+
+        ``keep`` is called with every ref the chat stores, now and as it grows: the agent
+        context passes one that makes the agent hold the content (a GC root until the agent is
+        deleted), since the store itself keeps chat content unheld.
+        """
         for name, value in (("system", system), ("prompt", prompt)):
             if value is not None and not isinstance(value, str | Prompt):
                 raise InvalidArgument(
@@ -100,7 +112,10 @@ class Chat:
             system=system.text if isinstance(system, Prompt) else system,
             agent_prompt=prompt.text if isinstance(prompt, Prompt) else prompt,
         )
-        return cls(store, conversation)
+        if keep is not None:
+            for ref in conversation.refs():
+                keep(ref)
+        return cls(store, conversation, keep)
 
     def append(self, role: Role, text: str) -> Chat:
         """This chat with one more message of ``role`` saying ``text``."""
@@ -117,7 +132,11 @@ class Chat:
             raise InvalidArgument(
                 f"a conversation message must be a Message or a str, got {type(message).__name__}"
             )
-        return Chat(self.store, self.conversation.append(self.store, message))
+        grown = self.conversation.append(self.store, message)
+        if self._keep is not None:
+            assert grown.last is not None
+            self._keep(grown.last)
+        return Chat(self.store, grown, self._keep)
 
     def append_reply(self, reply: ModelReply) -> Chat:
         """This chat with a model's reply appended as the assistant's turn (tool calls too)."""

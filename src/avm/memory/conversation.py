@@ -126,6 +126,11 @@ class Conversation:
         """The number of messages in the history (the prefix not counted)."""
         return self._length
 
+    @property
+    def last(self) -> ContentRef | None:
+        """The newest message's ref; ``None`` while the history is empty."""
+        return None if self._head is None else self._head.ref
+
     def history(self) -> tuple[ContentRef, ...]:
         """The history's message refs, oldest first."""
         refs: list[ContentRef] = []
