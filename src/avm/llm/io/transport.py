@@ -17,6 +17,10 @@ any other 4xx, malformed HTTP                   :class:`~avm.errors.ModelError`
 
 Error messages quote the server's own words (trimmed) and never the API key: any echo of the
 secret is masked before it reaches an exception.
+
+It also reads what every batch API hands back, a JSON line per answered request: requests go in
+with custom ids from :func:`batch_custom_id`, and :meth:`ModelTransport.read_batch_results` maps
+the result lines back to them, so a provider only says what one line means.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping
-from typing import Final, NoReturn, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final, NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -47,12 +51,23 @@ from avm.llm.io.http import (
     Origin,
     request_head,
 )
+from avm.llm.types import ModelReply, ModelRequest
 
-__all__ = ["DEFAULT_RETRY_STATUSES", "ModelTransport", "parse_retry_after"]
+__all__ = ["DEFAULT_RETRY_STATUSES", "ModelTransport", "batch_custom_id", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class _BatchLine(Protocol):
+    """A decoded line of a batch's results: whatever else it holds, it names its request."""
+
+    @property
+    def custom_id(self) -> str: ...
+
+
+L = TypeVar("L", bound=_BatchLine)
 
 DEFAULT_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 """Statuses that say "try again later" rather than "your request is wrong"."""
@@ -73,6 +88,17 @@ class _ErrorBody(msgspec.Struct):
 _ERROR_DECODER: Final = msgspec.json.Decoder(_ErrorBody)
 # What encoding a request body can raise (msgspec.EncodeError is a ValueError too).
 _ENCODE_ERRORS: Final = (msgspec.EncodeError, TypeError, ValueError, OverflowError)
+
+
+def batch_custom_id(index: int) -> str:
+    """The custom id that the request at ``index`` of a batch is sent under."""
+    return f"r{index}"
+
+
+def _batch_index(custom_id: str) -> int:
+    """The index that :func:`batch_custom_id` encoded, or -1 for an id it did not make."""
+    digits = custom_id[1:]
+    return int(digits) if custom_id[:1] == "r" and digits.isdigit() else -1
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -301,16 +327,86 @@ class ModelTransport:
         finally:
             stream.close()
 
-    def decode_event(
-        self, decoder: msgspec.json.Decoder[T], data: bytes, *, where: str, model: str, what: str
+    def decode(
+        self,
+        decoder: msgspec.json.Decoder[T],
+        data: bytes,
+        *,
+        where: str,
+        model: str,
+        what: str = "reply",
     ) -> T:
-        """One server-sent event's JSON payload; a malformed one is a ModelError quoting it."""
+        """A reply's JSON (or one streamed event's); a malformed one is a ModelError quoting it."""
         try:
             return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ModelError(
                 self.describe(where, model, f"malformed {what} ({exc}): {self.quote(data)}")
             ) from exc
+
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str],
+        model: str,
+        decoder: msgspec.json.Decoder[T],
+    ) -> T:
+        """Send one request (built afresh, for calls made now and then) and decode its reply."""
+        where = f"{method} {self.url(path)}"
+        response = await self.call(self.head(method, path, headers), body, where=where, model=model)
+        return self.decode(decoder, response.body, where=where, model=model)
+
+    # --- batch results ---------------------------------------------------------------------
+
+    def read_batch_results(
+        self,
+        content: bytes,
+        decoder: msgspec.json.Decoder[L],
+        requests: Sequence[ModelRequest],
+        answer: Callable[[L, str], ModelReply],
+    ) -> dict[int, ModelReply | ModelError]:
+        """What a batch's results file says for each request, by the request's index.
+
+        Each line is decoded with ``decoder``; ``answer(line, model)`` turns one into the reply,
+        or raises the ModelError the line reports. A line that cannot be read, or that names no
+        request of this batch, is logged and skipped: its request is left without a result.
+        """
+        results: dict[int, ModelReply | ModelError] = {}
+        for raw_line in content.splitlines():
+            if not raw_line.strip():
+                continue
+            try:
+                line = decoder.decode(raw_line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                logger.warning("%s: unreadable batch result line skipped", self.base_url)
+                continue
+            index = _batch_index(line.custom_id)
+            if not 0 <= index < len(requests):
+                logger.warning("%s: batch result for unknown request skipped", self.base_url)
+                continue
+            try:
+                results[index] = answer(line, requests[index].model)
+            except ModelError as exc:
+                results[index] = exc
+        return results
+
+    def batch_replies(
+        self,
+        requests: Sequence[ModelRequest],
+        results: Mapping[int, ModelReply | ModelError],
+        *,
+        batch_id: str,
+        missing: str,
+    ) -> list[ModelReply | ModelError]:
+        """One result per request, in order; a request without one gets a ModelError saying
+        ``missing`` (why the batch left it unanswered)."""
+        return [
+            results.get(i) or ModelError(self.describe(f"batch {batch_id}", r.model, missing))
+            for i, r in enumerate(requests)
+        ]
 
     async def aclose(self) -> None:
         """Close the connection pool; the transport cannot be used afterwards."""

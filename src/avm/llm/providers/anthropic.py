@@ -47,7 +47,7 @@ import msgspec
 from avm.errors import ConfigError, ModelError, ModelTimeout, ProviderUnavailable, RateLimited
 from avm.llm.io.prefix import PREFIXES, SharedPrefix
 from avm.llm.io.streams import ReplyStream
-from avm.llm.io.transport import ModelTransport
+from avm.llm.io.transport import ModelTransport, batch_custom_id
 from avm.llm.types import Message, ModelReply, ModelRequest, ToolCall, Usage
 
 __all__ = [
@@ -397,27 +397,28 @@ class AnthropicProvider:
         body = _ENCODER.encode(
             _BatchCreate(
                 [
-                    _BatchItem(custom_id=f"r{i}", params=msgspec.Raw(self.encode(r)))
+                    _BatchItem(custom_id=batch_custom_id(i), params=msgspec.Raw(self.encode(r)))
                     for i, r in enumerate(requests)
                 ]
             )
         )
-        batch = await self._batch_call("POST", "/v1/messages/batches", body, model)
+        transport = self._transport
+        call = functools.partial(
+            transport.call_json, headers=self._headers, model=model, decoder=_BATCH_DECODER
+        )
+        batch = await call("POST", "/v1/messages/batches", body)
         logger.debug("%s: batch %s of %d requests created", self.base_url, batch.id, len(requests))
         while batch.processing_status != "ended":
             await asyncio.sleep(poll_s)
-            batch = await self._batch_call("GET", f"/v1/messages/batches/{batch.id}", b"", model)
-        results: dict[str, ModelReply | ModelError] = {}
+            batch = await call("GET", f"/v1/messages/batches/{batch.id}", b"")
+        results: dict[int, ModelReply | ModelError] = {}
         if batch.results_url:
             content = await self._results(batch.results_url, model)
-            self._read_results(content, requests, results, batch.id)
-        return [
-            results.get(f"r{i}")
-            or ModelError(
-                self._transport.describe(f"batch {batch.id}", r.model, "no result in the batch")
-            )
-            for i, r in enumerate(requests)
-        ]
+            answer = functools.partial(self._answer, batch.id)
+            results = transport.read_batch_results(content, _BATCH_LINE_DECODER, requests, answer)
+        return transport.batch_replies(
+            requests, results, batch_id=batch.id, missing="no result in the batch"
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool; the provider cannot be used afterwards."""
@@ -456,15 +457,7 @@ class AnthropicProvider:
         )
 
     def _decode(self, payload: bytes, model: str, where: str) -> ModelReply:
-        transport = self._transport
-        try:
-            message = _MESSAGE_DECODER.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ModelError(
-                transport.describe(
-                    where, model, f"malformed reply ({exc}): {transport.quote(payload)}"
-                )
-            ) from exc
+        message = self._transport.decode(_MESSAGE_DECODER, payload, where=where, model=model)
         text: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -486,20 +479,6 @@ class AnthropicProvider:
 
     # --- batches -----------------------------------------------------------------------------
 
-    async def _batch_call(self, method: str, path: str, body: bytes, model: str) -> _RBatch:
-        transport = self._transport
-        head = transport.head(method, path, self._headers)
-        where = f"{method} {transport.url(path)}"
-        response = await transport.call(head, body, where=where, model=model)
-        try:
-            return _BATCH_DECODER.decode(response.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ModelError(
-                transport.describe(
-                    where, model, f"malformed reply ({exc}): {transport.quote(response.body)}"
-                )
-            ) from exc
-
     async def _results(self, url: str, model: str) -> bytes:
         transport = self._transport
         target = transport.target_of(url)
@@ -513,41 +492,18 @@ class AnthropicProvider:
         )
         return response.body
 
-    def _read_results(
-        self,
-        content: bytes,
-        requests: Sequence[ModelRequest],
-        results: dict[str, ModelReply | ModelError],
-        batch_id: str,
-    ) -> None:
-        transport = self._transport
-        for raw_line in content.splitlines():
-            if not raw_line.strip():
-                continue
-            try:
-                line = _BATCH_LINE_DECODER.decode(raw_line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                logger.warning("%s: unreadable batch result line skipped", self.base_url)
-                continue
-            index = int(line.custom_id[1:]) if line.custom_id[1:].isdigit() else -1
-            if not 0 <= index < len(requests):
-                continue
-            model = requests[index].model
-            where = f"batch {batch_id} request {line.custom_id}"
-            result = line.result
-            if result.type == "succeeded" and len(result.message):
-                try:
-                    results[line.custom_id] = self._decode(bytes(result.message), model, where)
-                except ModelError as exc:
-                    results[line.custom_id] = exc
-                continue
-            detail = result.type
-            kind = None
-            if result.error is not None and result.error.error is not None:
-                kind = result.error.error.type
-                detail = f"{kind}: {transport.mask(result.error.error.message or '')}"
-            message = transport.describe(where, model, detail)
-            results[line.custom_id] = _error_for(kind, message)
+    def _answer(self, batch_id: str, line: _RBatchLine, model: str) -> ModelReply:
+        """The reply one line of a batch's results holds, or the error it tells."""
+        where = f"batch {batch_id} request {line.custom_id}"
+        result = line.result
+        if result.type == "succeeded" and len(result.message):
+            return self._decode(bytes(result.message), model, where)
+        detail = result.type
+        kind = None
+        if result.error is not None and result.error.error is not None:
+            kind = result.error.error.type
+            detail = f"{kind}: {self._transport.mask(result.error.error.message or '')}"
+        raise _error_for(kind, self._transport.describe(where, model, detail))
 
 
 def _error_for(kind: str | None, message: str) -> ModelError:
@@ -594,7 +550,7 @@ class AnthropicStream(ReplyStream):
                 if not line.startswith(b"data:"):
                     continue  # "event:" names repeat the data's type; blank lines separate
                 data = line[5:].strip()
-                event = transport.decode_event(
+                event = transport.decode(
                     _EVENT_DECODER, data, where=where, model=model, what="stream event"
                 )
                 kind = event.type

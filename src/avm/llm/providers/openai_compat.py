@@ -38,7 +38,7 @@ import msgspec
 from avm.errors import ModelError, ProviderUnavailable, RateLimited
 from avm.llm.io.prefix import PREFIXES, SharedPrefix
 from avm.llm.io.streams import ReplyStream
-from avm.llm.io.transport import ModelTransport
+from avm.llm.io.transport import ModelTransport, batch_custom_id
 from avm.llm.types import Message, ModelReply, ModelRequest, ToolCall, ToolSpec, Usage
 
 __all__ = ["ModelStream", "OpenAICompatProvider"]
@@ -401,70 +401,48 @@ class OpenAICompatProvider:
         endpoint = self._transport.base_path + "/chat/completions"
         lines = [
             _ENCODER.encode(
-                _BatchLine(custom_id=f"r{i}", body=msgspec.Raw(self.encode(r)), url=endpoint)
+                _BatchLine(
+                    custom_id=batch_custom_id(i), body=msgspec.Raw(self.encode(r)), url=endpoint
+                )
             )
             for i, r in enumerate(requests)
         ]
         model = requests[0].model
         file_id = await self._upload(b"\n".join(lines) + b"\n", f"avm-batch-{serial}.jsonl", model)
-        batch = await self._json_call(
-            "POST",
-            "/batches",
-            _ENCODER.encode(
-                _BatchCreate(
-                    input_file_id=file_id,
-                    endpoint=endpoint,
-                    completion_window=completion_window,
-                    metadata={"source": "avm"},
-                )
-            ),
-            model,
-            _BATCH_DECODER,
+        create = _BatchCreate(
+            input_file_id=file_id,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            metadata={"source": "avm"},
         )
+        transport = self._transport
+        call = functools.partial(
+            transport.call_json, headers=self._headers, model=model, decoder=_BATCH_DECODER
+        )
+        batch = await call("POST", "/batches", _ENCODER.encode(create))
         logger.debug("%s: batch %s of %d requests created", self.base_url, batch.id, len(requests))
         while batch.status not in _BATCH_FINAL:
             await asyncio.sleep(poll_s)
-            batch = await self._json_call("GET", f"/batches/{batch.id}", b"", model, _BATCH_DECODER)
-        results: dict[str, ModelReply | ModelError] = {}
+            batch = await call("GET", f"/batches/{batch.id}", b"")
+        results: dict[int, ModelReply | ModelError] = {}
         for file in (batch.output_file_id, batch.error_file_id):
             if file:
                 content = await self._download(file, model)
-                self._read_output(content, requests, results)
+                results.update(
+                    transport.read_batch_results(content, _OUT_LINE_DECODER, requests, self._answer)
+                )
         why = batch.status
         if batch.errors is not None and batch.errors.data:
-            why += ": " + "; ".join(
-                self._transport.mask(e.message or "") for e in batch.errors.data[:3]
-            )
-        return [
-            results.get(f"r{i}")
-            or ModelError(
-                self._transport.describe(
-                    f"batch {batch.id}", r.model, f"no result, the batch {why}"
-                )
-            )
-            for i, r in enumerate(requests)
-        ]
+            why += ": " + "; ".join(transport.mask(e.message or "") for e in batch.errors.data[:3])
+        return transport.batch_replies(
+            requests, results, batch_id=batch.id, missing=f"no result, the batch {why}"
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool; the provider cannot be used afterwards."""
         await self._transport.aclose()
 
     # --- batch helpers -----------------------------------------------------------------------
-
-    async def _json_call(
-        self, method: str, path: str, body: bytes, model: str, decoder: msgspec.json.Decoder[Any]
-    ) -> Any:
-        head = self._transport.head(method, path, self._headers)
-        where = f"{method} {self._transport.url(path)}"
-        response = await self._transport.call(head, body, where=where, model=model)
-        try:
-            return decoder.decode(response.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ModelError(
-                self._transport.describe(
-                    where, model, f"malformed reply ({exc}): {self._transport.quote(response.body)}"
-                )
-            ) from exc
 
     async def _upload(self, content: bytes, filename: str, model: str) -> str:
         boundary = f"avm-{next(self._batch_ids):08x}-boundary"
@@ -485,12 +463,7 @@ class OpenAICompatProvider:
         head = self._transport.head("POST", "/files", headers)
         where = "POST " + self._transport.url("/files")
         response = await self._transport.call(head, form, where=where, model=model)
-        try:
-            return _FILE_DECODER.decode(response.body).id
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ModelError(
-                self._transport.describe(where, model, f"malformed reply ({exc})")
-            ) from exc
+        return self._transport.decode(_FILE_DECODER, response.body, where=where, model=model).id
 
     async def _download(self, file_id: str, model: str) -> bytes:
         path = f"/files/{file_id}/content"
@@ -499,45 +472,24 @@ class OpenAICompatProvider:
         response = await self._transport.call(head, b"", where=where, model=model, max_body=1 << 30)
         return response.body
 
-    def _read_output(
-        self,
-        content: bytes,
-        requests: Sequence[ModelRequest],
-        results: dict[str, ModelReply | ModelError],
-    ) -> None:
-        for raw_line in content.splitlines():
-            if not raw_line.strip():
-                continue
-            try:
-                line = _OUT_LINE_DECODER.decode(raw_line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                logger.warning("%s: unreadable batch output line skipped", self.base_url)
-                continue
-            index = int(line.custom_id[1:]) if line.custom_id[1:].isdigit() else -1
-            if not 0 <= index < len(requests):
-                continue
-            model = requests[index].model
-            where = f"batch request {line.custom_id}"
-            response = line.response
-            if response is not None and response.status_code == 200 and len(response.body):
-                try:
-                    results[line.custom_id] = self._decode(bytes(response.body), model)
-                except ModelError as exc:
-                    results[line.custom_id] = exc
-                continue
-            status = response.status_code if response is not None else 0
-            detail = ""
-            if response is not None and len(response.body):
-                detail = self._error_detail(bytes(response.body))
-            if not detail and line.error is not None:
-                detail = self._transport.mask(line.error.message or line.error.code or "")
-            message = self._transport.describe(where, model, f"HTTP {status}: {detail or 'failed'}")
-            if status == 429:
-                results[line.custom_id] = RateLimited(message)
-            elif status >= 500:
-                results[line.custom_id] = ProviderUnavailable(message)
-            else:
-                results[line.custom_id] = ModelError(message)
+    def _answer(self, line: _ROutLine, model: str) -> ModelReply:
+        """The reply one line of a batch's output (or error) file holds, or the error it tells."""
+        response = line.response
+        if response is not None and response.status_code == 200 and len(response.body):
+            return self._decode(bytes(response.body), model)
+        status = response.status_code if response is not None else 0
+        detail = ""
+        if response is not None and len(response.body):
+            detail = self._error_detail(bytes(response.body))
+        if not detail and line.error is not None:
+            detail = self._transport.mask(line.error.message or line.error.code or "")
+        where = f"batch request {line.custom_id}"
+        message = self._transport.describe(where, model, f"HTTP {status}: {detail or 'failed'}")
+        if status == 429:
+            raise RateLimited(message)
+        if status >= 500:
+            raise ProviderUnavailable(message)
+        raise ModelError(message)
 
     def _error_detail(self, raw: bytes) -> str:
         try:
@@ -574,14 +526,9 @@ class OpenAICompatProvider:
         )
 
     def _decode(self, payload: bytes, model: str) -> ModelReply:
-        try:
-            completion = _COMPLETION_DECODER.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ModelError(
-                self._transport.describe(
-                    self._where, model, f"malformed reply ({exc}): {self._transport.quote(payload)}"
-                )
-            ) from exc
+        completion = self._transport.decode(
+            _COMPLETION_DECODER, payload, where=self._where, model=model
+        )
         if not completion.choices:
             raise ModelError(
                 self._transport.describe(
@@ -638,7 +585,7 @@ class ModelStream(ReplyStream):
                 if data == b"[DONE]":
                     done = True
                     break
-                chunk = transport.decode_event(
+                chunk = transport.decode(
                     _CHUNK_DECODER, data, where=where, model=model, what="stream chunk"
                 )
                 if chunk.model:
