@@ -147,6 +147,43 @@ async def test_a_reply_wakes_an_agent_waiting_for_a_response(
         assert await asking.result() == 42
 
 
+async def test_a_reply_to_another_task_is_not_doubled_by_waking(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    # The asker has two questions out; the answer to the first arrives while it waits on the
+    # second, passivated. Waking must not count that answer twice.
+    async def asker(ctx: Context) -> Any:
+        first = await ctx.swarm_broadcast("fast", "first?")
+        second = await ctx.swarm_broadcast("slow", "second?")
+        await ctx.wait_for_response(second)
+        try:
+            await ctx.swarm_wait(first, k=2, timeout_s=0.2)
+        except avm.SwarmTimeout as exc:
+            return str(exc)
+        return "two replies from one answerer"
+
+    async def answerer(ctx: Context, topic: str, hold: bool) -> str:
+        await ctx.swarm_connect(topic)
+        question = await ctx.receive()
+        if hold:
+            await ctx.receive()  # the host's go-ahead
+        await ctx.reply(question, topic)
+        return topic
+
+    async with make(make_vm) as vm:
+        definition = vm.agent(name="answerer")(answerer)
+        fast = vm.spawn(definition, agent_id="f", topic="fast", hold=False)
+        slow = vm.spawn(definition, agent_id="s", topic="slow", hold=True)
+        await wait_until(lambda: fast.wait_reason is slow.wait_reason is avm.WaitReason.MESSAGE)
+        asking = vm.spawn(vm.agent(name="asker")(asker), agent_id="a")
+        assert await fast.result() == "fast"
+        await wait_until(lambda: asking.step >= 3)  # waiting for the second answer
+        await passivated(vm, asking)
+        await slow.post("go")
+        assert await slow.result() == "slow"
+        assert "1 of 2 replies" in await asking.result()
+
+
 async def test_a_burst_of_messages_to_passivated_agents_loses_nothing(
     make_vm: Callable[..., avm.VM],
 ) -> None:

@@ -269,9 +269,9 @@ class Passivator:
             return False
         assert reason is not None
         rt = self._rt
-        if wait.task_id is not None:
-            # Replies already in the slot are pending in the inbox: restore puts them back.
-            rt.bus.forget(wait.task_id)
+        # Replies already in its slots are pending in the inbox: restore puts them back, so
+        # the slots go, those of tasks it is not waiting on as well.
+        rt.bus.forget_owner(proc.id)
         memory = None
         held = self._held.pop(proc.id, None)
         if held:

@@ -64,6 +64,7 @@ class SwarmBus:
         self._log = log
         self._topics: dict[str, set[str]] = {}
         self._slots: OrderedDict[str, _ReplySlot] = OrderedDict()
+        self._owned: dict[str, set[str]] = {}  # owner -> task ids of its slots
         self.delivered = 0
 
     # -- topics ------------------------------------------------------------------------------
@@ -128,12 +129,23 @@ class SwarmBus:
         slot = self._slots.get(task_id)
         if slot is None:
             slot = self._slots[task_id] = _ReplySlot()
+            self._owned.setdefault(task_owner(task_id), set()).add(task_id)
             while len(self._slots) > _MAX_REPLY_SLOTS:
                 oldest, old = next(iter(self._slots.items()))
                 if old.waiter is not None:
                     break  # never evict a slot someone waits on
-                del self._slots[oldest]
+                self._drop(oldest)
         return slot
+
+    def _drop(self, task_id: str) -> None:
+        if self._slots.pop(task_id, None) is None:
+            return
+        owner = task_owner(task_id)
+        owned = self._owned.get(owner)
+        if owned is not None:
+            owned.discard(task_id)
+            if not owned:
+                del self._owned[owner]
 
     def reply(self, envelope: Envelope, *, persist: bool = True) -> None:
         assert envelope.reply_to is not None
@@ -170,7 +182,7 @@ class SwarmBus:
                 slot.waiter = None
                 if timer is not None:
                     timer.cancel()
-        self._slots.pop(task_id, None)
+        self._drop(task_id)
         taken = slot.replies[:k]
         if self._log is not None:
             owner = task_owner(task_id)
@@ -180,7 +192,13 @@ class SwarmBus:
         return taken
 
     def forget(self, task_id: str) -> None:
-        self._slots.pop(task_id, None)
+        self._drop(task_id)
+
+    def forget_owner(self, owner: str) -> None:
+        """Drop every reply slot of ``owner``'s tasks (replies it has not taken are still in
+        the durable inbox, from which a restore delivers them again)."""
+        for task_id in tuple(self._owned.get(owner, ())):
+            self._drop(task_id)
 
     async def receive(self, owner: str, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
         """Take the next message from ``owner``'s mailbox, waiting up to ``timeout_s``."""
