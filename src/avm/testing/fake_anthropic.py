@@ -9,9 +9,11 @@ results answer tool uses), simulates prompt caching at ``cache_control`` breakpo
 request writes the prefix, later ones read it), and lets a test inject latency, 429s, 529s and
 other errors. It records what it received.
 
-Reply selection is the fake OpenAI server's: a queued failure (:meth:`fail_next`), the next
-scripted reply (:meth:`script`), the ``responder`` callable, else echo mode (``"echo: "`` plus
-the start of the last user text). Tokens are counted as there: about four UTF-8 bytes a token.
+Lifecycle, failure injection, recording and reply selection come from
+:class:`~avm.testing.loopback_server.LoopbackServer`, shared with the fake OpenAI server: a queued
+failure (:meth:`fail_next`), the next scripted reply (:meth:`script`), the ``responder``
+callable, else echo mode (``"echo: "`` plus the start of the last user text). Tokens are counted
+as there: about four UTF-8 bytes a token.
 
 In-process::
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Unpack
@@ -45,8 +46,6 @@ from avm.testing.loopback_server import (
 from avm.testing.replies import FakeReply, count_tokens
 
 __all__ = ["FakeAnthropicServer", "main"]
-
-logger = logging.getLogger(__name__)
 
 MESSAGES_PATH: Final = "/v1/messages"
 BATCHES_PATH: Final = "/v1/messages/batches"

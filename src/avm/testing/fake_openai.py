@@ -7,6 +7,8 @@ latency, rate limits and server errors. It records what it received so tests can
 
 It is a *server*, not a mock transport, so the client under test exercises its real HTTP stack:
 connection pooling, timeouts, retries and error translation all run as they would in production.
+What it shares with the fake Anthropic server (lifecycle, failure queue, recording, command line)
+is :class:`~avm.testing.loopback_server.LoopbackServer`'s; this module keeps the wire format.
 
 In-process::
 
@@ -33,7 +35,6 @@ to make one fail or expire instead).
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import time
 from collections.abc import Iterable
@@ -68,8 +69,6 @@ __all__ = [
     "count_tokens",
     "main",
 ]
-
-logger = logging.getLogger(__name__)
 
 CHAT_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
