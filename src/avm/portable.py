@@ -30,6 +30,7 @@ from typing import Any
 import blake3
 import msgspec
 
+from avm._core.chat_state import chat_refs
 from avm._core.journal import JournalEntry, blob_key, ref_key
 from avm.errors import ArchiveError, UnknownAgent
 from avm.history import check_chain
@@ -65,6 +66,23 @@ def _referenced(journal: list[JournalEntry], state: bytes | None) -> set[bytes]:
     return keys
 
 
+def _conversation_content(
+    journal: list[JournalEntry], state: bytes | None, blobs: dict[bytes, bytes]
+) -> set[bytes]:
+    """The content refs of conversations saved in the execution state (and read back by
+    LOAD_EXECUTION_STATE entries): blobs too, stored beside the payloads."""
+    saved = [e.result for e in journal if e.op == "LOAD_EXECUTION_STATE" and e.status == 0]
+    if state is not None:
+        saved.append(state)
+    refs: set[bytes] = set()
+    for data in saved:
+        key = ref_key(data)
+        if key is not None:
+            data = blobs.get(key, b"\xc0")  # a missing payload is reported on its own
+        refs.update(chat_refs(data))
+    return refs
+
+
 def export_agent(
     state_dir: str | Path, agent_id: str, out: str | Path, *, store: str | None = None
 ) -> Path:
@@ -80,7 +98,8 @@ def export_agent(
         if rows is None:
             raise UnknownAgent(agent_id)
         blobs: dict[bytes, bytes] = {}
-        for key in sorted(_referenced(rows.journal, rows.state)):
+
+        def take(key: bytes) -> None:
             blob = source.blob(key)
             if blob is None or blob_key(blob) != key:
                 what = "missing" if blob is None else "corrupt"
@@ -89,6 +108,11 @@ def export_agent(
                     f"in {store or state_dir}; run 'avm verify {agent_id}'"
                 )
             blobs[key] = blob
+
+        for key in sorted(_referenced(rows.journal, rows.state)):
+            take(key)
+        for key in sorted(_conversation_content(rows.journal, rows.state, blobs) - blobs.keys()):
+            take(key)
     finally:
         source.close()
     journal = rows.journal
@@ -197,6 +221,13 @@ def _check(archive: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], _C
         raise ArchiveError(
             f"{archive}: the execution state refers to payload blake3:{state_key.hex()}, "
             "which the archive lacks"
+        )
+    lacking = _conversation_content(contents.journal, contents.state, contents.blobs)
+    lacking -= contents.blobs.keys()
+    if lacking:
+        raise ArchiveError(
+            f"{archive}: a saved conversation refers to content blake3:{min(lacking).hex()}, "
+            f"which the archive lacks ({len(lacking)} piece(s) missing)"
         )
     head = contents.head
     if contents.journal:

@@ -7,7 +7,6 @@ these methods: that is what lets the VM meter, persist and replay it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -117,8 +116,7 @@ class Context:
         if memory is None:
             raise VMStateError("the VM's content store is not open: is the VM running?")
         specs = tool_specs(self._rt, self._proc, tools) if tools else None
-        hold, agent_id = self._rt.hold, self._proc.id
-        keep = None if hold is None else functools.partial(hold, agent_id)
+        keep = self._rt.keeper(self._proc.id)
         return Chat.start(memory, system=system, prompt=prompt, tools=specs, keep=keep)
 
     async def run_model(

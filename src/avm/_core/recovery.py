@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from avm._core.journal import GENESIS, encode_value, ref_key, resolve_payload
+from avm._core.chat_state import load_chat_content
+from avm._core.journal import GENESIS, EntryStatus, encode_value, ref_key, resolve_payload
 from avm._core.process import AgentProcess
 from avm.storage.base import AgentRecord
 from avm.swarm.mailbox import Envelope, Mailbox
@@ -80,13 +81,16 @@ async def restore(rt: Runtime, proc: AgentProcess, record: AgentRecord) -> None:
         else:
             where = f"agent {agent_id!r}'s execution state"
             state = await resolve_payload(state, store.get_blob, where)
+            await load_chat_content(store, rt.memory, state)
         proc.resume_state = state
     entries = await store.journal_entries(agent_id, start)
     for index, entry in enumerate(entries):
         if ref_key(entry.result) is not None:
             where = f"agent {agent_id!r}'s {entry.op} entry at step {entry.step}"
             result = await resolve_payload(entry.result, store.get_blob, where)
-            entries[index] = msgspec.structs.replace(entry, result=result)
+            entries[index] = entry = msgspec.structs.replace(entry, result=result)
+        if entry.op == "LOAD_EXECUTION_STATE" and entry.status is EntryStatus.OK:
+            await load_chat_content(store, rt.memory, entry.result)
     topics = await store.swarm_topics(agent_id, record.first_step)
     if topics:
         proc.topics = topics

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from avm import errors
+from avm._core.chat_state import decode_state
 from avm._core.host.models import MapItem, ModelInfo
 from avm._core.host.time import ScheduleTick, restore_schedule
 from avm._core.isa import Op
@@ -68,7 +69,7 @@ def replay(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> An
                 step=proc.step,
             )
         _finish_if_done(rt, proc)
-        return _plain.decode(state)
+        return decode_state(state, rt.memory, rt.keeper(proc.id))
     assert proc.replay is not None
     entry = proc.replay.popleft()
     step = proc.step
@@ -85,8 +86,10 @@ def replay(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> An
         )
     if entry.status is EntryStatus.ERROR:
         raise _recorded_error(entry)
-    decoder = _decoders.get(op, _plain)
-    result = decoder.decode(entry.result)
+    if op is Op.LOAD_EXECUTION_STATE:
+        result = decode_state(entry.result, rt.memory, rt.keeper(proc.id))
+    else:
+        result = _decoders.get(op, _plain).decode(entry.result)
     _restore_effects(rt, proc, op, args, result)
     return result
 

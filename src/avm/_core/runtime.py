@@ -6,6 +6,7 @@ so they see the engine's parts (store, swarm, timers, linker...) but not its pub
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,5 +52,12 @@ class Runtime:
     memory: ContentStore | None = None  # the VM's content store (conversations live in it)
     # Makes an agent hold a ref of the content store until it is deleted (see VM.hold).
     hold: Callable[[str, ContentRef], None] | None = None
+    # Content refs this process has queued in the state store's blob table (chat_state).
+    durable_refs: set[bytes] = field(default_factory=set)
     # REDUCE_MODEL_CALL's user aggregations, by name: values -> aggregate (may be async)
     reducers: dict[str, Callable[[list[Any]], Any]] = field(default_factory=dict)
+
+    def keeper(self, agent_id: str) -> Callable[[ContentRef], None] | None:
+        """What makes ``agent_id`` hold the content its conversations store, if anything."""
+        hold = self.hold
+        return None if hold is None else functools.partial(hold, agent_id)

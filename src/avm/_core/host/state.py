@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from avm._core.chat_state import (
+    decode_state,
+    encode_state,
+    load_chat_content,
+    persist_chat_content,
+)
 from avm._core.gas import to_mgas
 from avm._core.host import Host, NeedsGas, flat, free, passthrough
 from avm._core.isa import Op
@@ -23,6 +29,7 @@ from avm._core.journal import (
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
 from avm.errors import InvalidArgument
+from avm.memory.refs import ContentRef
 from avm.storage.agent_sql import SqlOverLimit
 
 _MAX_KEY = 1024
@@ -33,15 +40,25 @@ async def _load_state(rt: Runtime, proc: AgentProcess, args: Any, step: int) -> 
     if data is None:
         return None, to_mgas(rt.prices.load_state)
     data = await resolve_payload(data, rt.store.get_blob, f"agent {proc.id!r}'s execution state")
-    return decode_value(data), to_mgas(rt.prices.load_state)
+    await load_chat_content(rt.store, rt.memory, data)
+    return decode_state(data, rt.memory, rt.keeper(proc.id)), to_mgas(rt.prices.load_state)
 
 
-def _prepare_save(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> bytes:
-    return encode_value(args[0], "state")
+# A prepared SAVE_EXECUTION_STATE: the encoded state and the refs its conversations need.
+_Save = tuple[bytes, list[ContentRef]]
 
 
-async def _save_state(rt: Runtime, proc: AgentProcess, data: bytes, step: int) -> Any:
+def _prepare_save(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _Save:
+    return encode_state(args[0], "state")
+
+
+async def _save_state(rt: Runtime, proc: AgentProcess, save: _Save, step: int) -> Any:
     store = rt.store
+    data, refs = save
+    if refs:
+        # What the state's conversations refer to, in the batch of the save that needs it.
+        assert rt.memory is not None  # a chat exists only where the VM has a content store
+        persist_chat_content(store, rt.memory, refs, rt.durable_refs)
     if len(data) > PAYLOAD_THRESHOLD:
         # A large state is kept by content: saved again unchanged (or loaded, which journals
         # the same bytes as its result) it is stored once.
