@@ -7,7 +7,7 @@ these methods: that is what lets the VM meter, persist and replay it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from avm._core.host.models import MapItem, ModelInfo, tool_specs
@@ -47,18 +47,23 @@ class Context:
         """The number the next instruction will get in this agent's journal."""
         return self._proc.step
 
-    async def _x(self, op: Op, *args: Any) -> Any:
-        return await execute(self._rt, self._proc, op, args)
+    def _x(self, op: Op, *args: Any) -> Coroutine[Any, Any, Any]:
+        # The pipeline's own coroutine, not a wrapper awaiting it: every agent parked in an
+        # instruction keeps its chain of suspended frames in RAM, and a frame here would add
+        # ~300 bytes to each of them. The waiting instructions below return it as it is too.
+        return execute(self._rt, self._proc, op, args)
 
     # -- time & tasks ------------------------------------------------------------------------
 
-    async def wait(self, delay_s: float) -> None:
+    def wait(self, delay_s: float) -> Coroutine[Any, Any, None]:
         """WAIT: suspend this agent for ``delay_s`` seconds."""
-        await self._x(Op.WAIT, delay_s)
+        return self._x(Op.WAIT, delay_s)
 
-    async def wait_for_response(self, task_id: str, *, timeout_s: float | None = None) -> Any:
+    def wait_for_response(
+        self, task_id: str, *, timeout_s: float | None = None
+    ) -> Coroutine[Any, Any, Any]:
         """WAIT_FOR_RESPONSE: the data of the first reply to ``task_id``."""
-        return await self._x(Op.WAIT_FOR_RESPONSE, task_id, timeout_s)
+        return self._x(Op.WAIT_FOR_RESPONSE, task_id, timeout_s)
 
     async def schedule_task(
         self, task_id: str, interval_s: float, *, count: int | None = None
@@ -169,7 +174,7 @@ class Context:
         """SWARM_CONNECT: join a swarm; return how many members it has now."""
         return cast(int, await self._x(Op.SWARM_CONNECT, swarm_id))
 
-    async def swarm_fetch(
+    def swarm_fetch(
         self,
         data_type: str,
         request_id: str,
@@ -177,10 +182,10 @@ class Context:
         to: str | None = None,
         query: Any = None,
         timeout_s: float | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """SWARM_FETCH: ask agent ``to`` (or every member of swarm ``data_type``) and return
         the first reply's data."""
-        return await self._x(Op.SWARM_FETCH, data_type, request_id, to, query, timeout_s)
+        return self._x(Op.SWARM_FETCH, data_type, request_id, to, query, timeout_s)
 
     async def swarm_broadcast(self, message: str, data: Any = None) -> str:
         """SWARM_BROADCAST: send ``data`` to every other member of swarm ``message``.
@@ -193,15 +198,15 @@ class Context:
         """Answer a received message or request (a SWARM_BROADCAST addressed to its task)."""
         return cast(str, await self._x(Op.SWARM_BROADCAST, envelope.topic, data, envelope.id))
 
-    async def receive(self, *, timeout_s: float | None = None) -> Envelope:
+    def receive(self, *, timeout_s: float | None = None) -> Coroutine[Any, Any, Envelope]:
         """SWARM_WAIT with no task: the next message in this agent's mailbox."""
-        return cast(Envelope, await self._x(Op.SWARM_WAIT, None, None, timeout_s))
+        return self._x(Op.SWARM_WAIT, None, None, timeout_s)
 
-    async def swarm_wait(
+    def swarm_wait(
         self, task_id: str, *, k: int = 1, timeout_s: float | None = None
-    ) -> list[Envelope]:
+    ) -> Coroutine[Any, Any, list[Envelope]]:
         """SWARM_WAIT: wait for ``k`` replies to ``task_id`` (k of n)."""
-        return cast(list[Envelope], await self._x(Op.SWARM_WAIT, task_id, k, timeout_s))
+        return self._x(Op.SWARM_WAIT, task_id, k, timeout_s)
 
     # -- execution state ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from avm._core.process import AgentProcess
 from avm._core.states import AgentState, WaitReason
 from avm._core.timers import TimerService
 from avm.memory import ContentRef, ContentStore, PassivatedAgent, Tier
+from avm.memory.holds import HoldTable
 from avm.storage.base import StateStore
 from avm.swarm.bus import MessageLog, SwarmBus
 from avm.swarm.mailbox import Envelope, Mailbox
@@ -157,7 +158,7 @@ class Passivator:
         start: Callable[[AgentProcess, PassivatedAgent], None],
         make_process: Callable[[PassivatedAgent], AgentProcess],
         memory: ContentStore,
-        held: dict[str, dict[ContentRef, None]],
+        held: HoldTable,
     ) -> None:
         self._rt_: Runtime | None = None
         self.after_s = after_s
@@ -273,11 +274,11 @@ class Passivator:
         # the slots go, those of tasks it is not waiting on as well.
         rt.bus.forget_owner(proc.id)
         memory = None
-        held = self._held.pop(proc.id, None)
+        held = self._held.pop(proc.id)
         if held:
             # One held link list stands for the agent's holds; what only it holds goes to disk
             # (in one batch per sweep when the sweep passes ``demote``).
-            memory = self._memory.put_links(list(held))
+            memory = self._memory.put_links(held)
             cold = demote if demote is not None else []
             cold.append(memory)
             cold.extend(ref for ref in held if self._memory.holds(ref) == 1)
@@ -343,9 +344,7 @@ class Passivator:
         self._activating.add(agent_id)
         if record.memory is not None:
             children, _ = self._memory.read_links(record.memory)
-            held = self._held.setdefault(agent_id, {})
-            for ref in children:
-                held.setdefault(ref)
+            self._held.restore(agent_id, children)
             self._memory.decref(record.memory)
         self._start(proc, record)
         if record.deadline is not None and proc.task is not None:

@@ -8,6 +8,7 @@ The pieces, one module each:
 * :mod:`~avm.memory.codec` — zstd with dictionaries trained on the fleet's own messages;
 * :mod:`~avm.memory.budget` — :class:`MemoryBudget` and the LRU moves it drives;
 * :mod:`~avm.memory.conversation` — :class:`Conversation`: prompts and history as refs;
+* :mod:`~avm.memory.holds` — :class:`HoldTable`: which content each agent holds, once each;
 * :mod:`~avm.memory.passivation` — :class:`PassivatedAgent`: an idle agent in ~250 bytes;
 * :mod:`~avm.memory.gc` — :func:`collect`: mark from roots and holds, sweep RAM and disk;
 * :mod:`~avm.memory.stats` — :class:`MemoryStats`: bytes per tier, dedup, compression, hits;

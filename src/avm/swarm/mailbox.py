@@ -3,7 +3,9 @@
 A mailbox never drops: when it is full, a sender waits until the owner takes a message
 (backpressure), in the order senders arrived. Only the owning agent reads its mailbox, so there
 is at most one getter. Mailboxes are created on first use, so the many agents that never receive
-a message pay nothing for one.
+a message pay nothing for one, and a mailbox's queues on first message: an agent parked on an
+empty mailbox keeps only the mailbox object (an empty ``deque`` alone is ~760 bytes, because
+CPython allocates its first 64-slot block up front).
 """
 
 from __future__ import annotations
@@ -37,18 +39,19 @@ class Mailbox:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._items: deque[Envelope] = deque()
+        # Both queues are created on first need (see the module docstring); the items queue
+        # goes again once it is empty, so a parked agent holds none.
+        self._items: deque[Envelope] | None = None
         self._getter: asyncio.Future[None] | None = None
-        # Senders wait here only when the mailbox is full: created on first need, since an
-        # empty deque costs ~760 bytes and most agents never see a full mailbox.
+        # Senders wait here only when the mailbox is full.
         self._putters: deque[asyncio.Future[None]] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     @property
     def full(self) -> bool:
-        return len(self._items) >= self._capacity
+        return len(self) >= self._capacity
 
     @property
     def blocked_senders(self) -> int:
@@ -56,7 +59,7 @@ class Mailbox:
 
     async def put(self, envelope: Envelope) -> None:
         """Deliver, waiting while the mailbox is full (or other senders are already waiting)."""
-        if self._putters or len(self._items) >= self._capacity:
+        if self._putters or len(self) >= self._capacity:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if self._putters is None:
                 self._putters = deque()
@@ -69,19 +72,28 @@ class Mailbox:
                 else:
                     self._putters.remove(future)
                 raise
-        self._items.append(envelope)
+        self._append(envelope)
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
 
     def restore(self, envelope: Envelope) -> None:
         """Put back a message recovered from the store, regardless of capacity (never drop)."""
-        self._items.append(envelope)
+        self._append(envelope)
+
+    def _append(self, envelope: Envelope) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(envelope)
 
     def get_nowait(self) -> Envelope | None:
-        if not self._items:
+        items = self._items
+        if not items:
             return None
-        envelope = self._items.popleft()
+        envelope = items.popleft()
+        if not items:
+            self._items = None
         self._wake_putter()
         return envelope
 
@@ -95,7 +107,7 @@ class Mailbox:
 
     def _wake_putter(self) -> None:
         putters = self._putters
-        while putters and len(self._items) < self._capacity:
+        while putters and len(self) < self._capacity:
             future = putters.popleft()
             if not future.done():
                 future.set_result(None)
@@ -107,4 +119,4 @@ class Mailbox:
             if not future.done():
                 future.set_exception(ConnectionResetError("mailbox closed"))
         self._putters = None
-        self._items.clear()
+        self._items = None
