@@ -237,6 +237,27 @@ def test_model_digest_counts_large_prompts_by_hash_exactly() -> None:
     assert digest_model_args(small) == digest_args(small)
 
 
+def test_model_digest_counts_a_large_system_message_by_hash_exactly() -> None:
+    """A program's one system Message for all its agents: same rule as a Prompt."""
+    from avm._core.journal import digest_args, digest_model_args
+
+    shared = avm.Message("system", BIG)
+    args = ("default", [shared, "question"], None, None, None, None, None)
+    digest = digest_model_args(args)
+    assert digest == digest_model_args(args)
+    again = avm.Message("system", BIG)  # equal content, another object
+    assert digest == digest_model_args(("default", [again, "question"], *args[2:]))
+    for other in (
+        avm.Message("system", BIG[:-2] + "!\n"),
+        avm.Message("user", BIG),
+        avm.Message("system", BIG, name="other"),
+    ):
+        assert digest != digest_model_args(("default", [other, "question"], *args[2:]))
+    assert digest != digest_model_args(("default", [BIG, "question"], *args[2:]))
+    small = ("default", [avm.Message("system", "short"), "question"], None, None, None, None, None)
+    assert digest_model_args(small) == digest_args(small)
+
+
 async def test_model_call_on_a_large_prompt_replays(
     make_vm: Callable[..., avm.VM], fake_server: FakeOpenAIServer
 ) -> None:

@@ -30,6 +30,7 @@ import msgspec
 
 from avm.errors import InvalidArgument, StorageError
 from avm.llm.prompts import Prompt
+from avm.llm.types import Message
 
 __all__ = [
     "GENESIS",
@@ -111,8 +112,9 @@ def digest_args(args: tuple[Any, ...]) -> bytes:
 
 # RUN_MODEL inputs often share one large system prompt among thousands of calls. Its part of the
 # digest is the BLAKE3 of its encoding, computed once per object (the prompt library hands every
-# agent the same Prompt, and neither a Prompt nor a str can change), so a call hashes a few dozen
-# bytes for it instead of the whole text. Exact all the same: the part changes with any byte.
+# agent the same Prompt, a program keeps one system Message for all its agents, and neither a
+# Prompt, a Message nor a str can change), so a call hashes a few dozen bytes for it instead of
+# the whole text. Exact all the same: the part changes with any byte.
 _PART_EXT = 1  # a msgpack extension type: no plain value an agent passes encodes like it
 _SHARED_MIN = 1024
 _MAX_PARTS = 64  # objects remembered; each is kept alive while remembered, so ids stay unique
@@ -121,9 +123,13 @@ _parts: dict[int, tuple[object, msgspec.msgpack.Ext]] = {}
 
 def _part(value: Any) -> Any:
     kind = type(value)
-    if kind is not str and kind is not Prompt:
-        return value
-    if kind is str and len(value) < _SHARED_MIN:
+    if kind is str:
+        if len(value) < _SHARED_MIN:
+            return value
+    elif kind is Message:
+        if len(value.content) < _SHARED_MIN:
+            return value
+    elif kind is not Prompt:
         return value
     known = _parts.get(id(value))
     if known is not None and known[0] is value:
