@@ -27,6 +27,10 @@ How
     * ``avm_store``: the same agents, but each stores its prompt and its 8 turns in the VM's
       content store (``vm.hold``) and keeps only the 9 refs in its frame: the prompt is held
       once for the fleet. ``VM(memory="2GB")``.
+    * ``avm_warm``: ``avm_store`` with a small hot share (``VM(memory=WARM_BUDGET)``, 2 GB of
+      which 4 MB hot): the content used least recently (the parked agents' conversations) is
+      held zstd-compressed in RAM (the warm tier, with the dictionary trained on the fleet's
+      messages), as it is in a fleet larger than its hot share.
     * ``avm_passivated``: ``avm_store`` with ``passivate_after`` (0.2 s): RSS is read once every
       agent has been passivated by the VM (its task dropped, its own content moved to disk).
       Agents are spawned in waves of 20,000 that passivate before the next wave, so the peak
@@ -82,7 +86,7 @@ TURN_BYTES = 256
 CONVERSATION_BYTES = CONVERSATION_TURNS * TURN_BYTES
 CONTENT_BYTES = PROMPT_BYTES + CONVERSATION_BYTES
 
-AGENT_CONFIGS = ("naive", "bare_asyncio", "avm", "avm_store", "avm_passivated")
+AGENT_CONFIGS = ("naive", "bare_asyncio", "avm", "avm_store", "avm_warm", "avm_passivated")
 CONFIGS = (*AGENT_CONFIGS, "process_per_agent")
 DEFAULT_AGENTS = (10_000, 100_000)
 QUICK_AGENTS = (2_000,)
@@ -98,6 +102,10 @@ POLL_S = 0.002
 NEED_BYTES_PER_AGENT = 96 * 1024
 # What the content-store configurations need per agent (the prompt is stored once).
 NEED_BYTES_PER_STORE_AGENT = 16 * 1024
+
+# avm_store and avm_passivated: the content store's budget; avm_warm: the same with 4 MB hot.
+STORE_BUDGET = "2GB"
+WARM_BUDGET = "2GB,hot=4MB"
 
 # avm_passivated: agents idle this long are passivated; spawned in waves of this many.
 PASSIVATE_AFTER_S = 0.2
@@ -303,7 +311,7 @@ async def run_avm(agents: int) -> Json:
     )
 
 
-async def run_avm_store(agents: int, passivate: bool) -> Json:
+async def run_avm_store(agents: int, passivate: bool, budget: str = STORE_BUDGET) -> Json:
     """N agents of one VM whose prompt and conversation live in the VM's content store.
 
     Each agent stores its prompt and its 8 turns with ``vm.hold`` and keeps only the 9 refs in
@@ -317,7 +325,7 @@ async def run_avm_store(agents: int, passivate: bool) -> Json:
         vm = avm.VM(
             state_dir,
             durability="relaxed",
-            memory="2GB",
+            memory=budget,
             passivate_after=PASSIVATE_AFTER_S if passivate else None,
         )
 
@@ -354,8 +362,11 @@ async def run_avm_store(agents: int, passivate: bool) -> Json:
             memory = stats.memory
             start = time.perf_counter()
         stop_s = time.perf_counter() - start
+    config = "avm_passivated" if passivate else "avm_store"
+    if budget != STORE_BUDGET:
+        config = "avm_warm"
     return _result(
-        "avm_passivated" if passivate else "avm_store",
+        config,
         agents,
         spawn,
         before,
@@ -363,7 +374,13 @@ async def run_avm_store(agents: int, passivate: bool) -> Json:
         stop_s=round(stop_s, 4),
         resident=stats.resident,
         passivated=stats.passivated,
+        memory_budget=budget,
         store_ram_bytes=memory.ram_bytes,
+        store_hot_entries=memory.hot.entries,
+        store_warm_entries=memory.warm.entries,
+        store_warm_compression=round(memory.warm.logical_bytes / memory.warm.stored_bytes, 3)
+        if memory.warm.stored_bytes
+        else None,
         store_ram_bytes_per_agent=round(memory.ram_bytes / agents),
         store_cold_bytes=memory.cold.stored_bytes,
         store_dedup_ratio=memory.dedup_ratio,
@@ -413,6 +430,8 @@ def run_child(config: str, agents: int, launched_at: float) -> Json:
         return asyncio.run(run_avm(agents))
     if config in ("avm_store", "avm_passivated"):
         return asyncio.run(run_avm_store(agents, passivate=config == "avm_passivated"))
+    if config == "avm_warm":
+        return asyncio.run(run_avm_store(agents, passivate=False, budget=WARM_BUDGET))
     if config == "process_per_agent":
         return asyncio.run(run_process_per_agent(launched_at))
     raise ValueError(f"unknown configuration {config!r}; expected one of {', '.join(CONFIGS)}")

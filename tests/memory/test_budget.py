@@ -28,6 +28,25 @@ def test_budgets_parse_like_the_memory_flag() -> None:
     assert budget.hot_limit == 16 * MiB
 
 
+def test_a_budget_string_may_name_the_hot_share() -> None:
+    assert MemoryBudget.of("2GB,hot=64MB") == MemoryBudget(limit=2_000_000_000, hot_fraction=0.032)
+    assert MemoryBudget.of("1GiB, hot=5%").hot_limit == int(1024 * MiB * 0.05)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("2GB,cold=1GB", "'cold=1GB'"),
+        ("2GB,hot=", "'hot='"),
+        ("2GB,hot=many%", "'many%'"),
+        ("2GB,hot=3TB", "hot_fraction"),
+    ],
+)
+def test_a_bad_budget_string_says_what_it_could_not_read(text: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        MemoryBudget.of(text)
+
+
 @pytest.mark.parametrize(
     "options",
     [{"limit": MIN_BUDGET - 1}, {"limit": 8 * MiB, "hot_fraction": 0}, {"slack": 1.0}],

@@ -13,6 +13,9 @@ The policy is least-recently-used, applied after every operation that grows RAM:
    transaction per batch), and if warm is empty, hot entries go straight to disk.
 
 A read of warm or cold content brings it back to hot (and so may push other content down).
+Written as a string, a budget may name the hot share after a comma: ``"2GB,hot=64MB"`` or
+``"2GB,hot=5%"`` keeps at most 64 MB (or 5 %) of content uncompressed and the rest, up to
+2 GB, compressed in RAM; a fleet whose agents mostly sit idle holds their conversations warm.
 Moves stop at ``slack`` below the limit rather than at the limit, so a store that sits at its
 budget moves content in batches instead of one entry per operation.
 
@@ -33,6 +36,8 @@ __all__ = ["MIN_BUDGET", "MemoryBudget", "enforce"]
 MIN_BUDGET = 4 * 1024 * 1024
 """The smallest budget accepted: below it the codec's state alone would not fit."""
 
+_HOT_FRACTION = 0.5
+
 # Most entries moved to disk in one SQLite transaction: commits, not rows, are what cost most.
 _COLD_BATCH = 4096
 
@@ -41,7 +46,7 @@ class MemoryBudget(msgspec.Struct, frozen=True, kw_only=True):
     """A RAM limit for the content store; ``limit=None`` means unbounded."""
 
     limit: int | None = None
-    hot_fraction: float = 0.5
+    hot_fraction: float = _HOT_FRACTION
     slack: float = 1 / 32
 
     def __post_init__(self) -> None:
@@ -57,12 +62,38 @@ class MemoryBudget(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, value: MemoryBudget | str | int | None) -> MemoryBudget:
-        """A budget from ``"2GB"``, a byte count, ``None`` (unbounded) or a budget."""
+        """A budget from ``"2GB"``, ``"2GB,hot=64MB"``, ``"2GB,hot=5%"``, a byte count,
+        ``None`` (unbounded) or a budget."""
         if isinstance(value, MemoryBudget):
             return value
         if value is None:
             return cls()
+        if isinstance(value, str) and "," in value:
+            return cls._parse(value)
         return cls(limit=parse_bytes(value))
+
+    @classmethod
+    def _parse(cls, text: str) -> MemoryBudget:
+        size, *options = (part.strip() for part in text.split(","))
+        limit = parse_bytes(size)
+        hot_fraction = _HOT_FRACTION
+        for option in options:
+            name, equals, share = (part.strip() for part in option.partition("="))
+            if name != "hot" or not equals or not share:
+                raise ConfigError(
+                    f"memory budget {text!r}: cannot read {option!r}; the one option is the "
+                    "hot share, e.g. '2GB,hot=64MB' or '2GB,hot=5%'"
+                )
+            if share.endswith("%"):
+                try:
+                    hot_fraction = float(share[:-1]) / 100
+                except ValueError:
+                    raise ConfigError(
+                        f"memory budget {text!r}: {share!r} is not a percentage"
+                    ) from None
+            else:
+                hot_fraction = parse_bytes(share) / limit if limit > 0 else 0.0
+        return cls(limit=limit, hot_fraction=hot_fraction)
 
     @property
     def hot_limit(self) -> int | None:
