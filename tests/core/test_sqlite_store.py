@@ -11,6 +11,7 @@ import pytest
 from avm._core.journal import GENESIS, EntryStatus, JournalEntry
 from avm.config import Durability
 from avm.storage.sqlite import SqliteStateStore
+from avm.testing import wait_until
 
 
 def entry(agent_id: str, step: int, op: str = "KV_STORE") -> JournalEntry:
@@ -57,6 +58,40 @@ async def test_reads_see_the_batch_and_others_see_it_whole(
         assert await store.inbox_pending("a") == [b"envelope"]
     finally:
         await store.aclose()
+
+
+async def test_relaxed_commits_at_most_once_per_window(tmp_path: Path) -> None:
+    """The first write after a quiet spell commits at the end of its iteration; later ones
+    wait for the window, unless a history read or closing commits them first."""
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path, "relaxed", relaxed_commit_s=3600.0)
+    try:
+        store.journal_append(entry("a", 0))
+        await asyncio.sleep(0)
+        assert committed(path, "SELECT step FROM journal") == [(0,)]
+        store.journal_append(entry("a", 1))
+        store.kv_put("a", "k", b"1")
+        await asyncio.sleep(0)
+        assert committed(path, "SELECT step FROM journal") == [(0,)]  # inside the window
+        assert await store.journal_head("a") == (1, bytes([1]) * 32)  # reads see the batch
+        assert await store.kv_get("a", "k") == b"1"
+        assert [e.step for e in await store.journal_entries("a")] == [0, 1]  # commits first
+        assert committed(path, "SELECT step FROM journal") == [(0,), (1,)]
+        store.journal_append(entry("a", 2))
+    finally:
+        await store.aclose()
+    assert committed(path, "SELECT step FROM journal") == [(0,), (1,), (2,)]  # closing commits
+
+    store = SqliteStateStore(path, "relaxed", relaxed_commit_s=0.01)
+    try:
+        store.journal_append(entry("b", 0))
+        await asyncio.sleep(0)
+        store.journal_append(entry("b", 1))
+        await wait_until(lambda: len(committed(path, "SELECT step FROM journal")) == 5)
+    finally:
+        await store.aclose()
+    with pytest.raises(ValueError, match="relaxed_commit_s"):
+        SqliteStateStore(path, "relaxed", relaxed_commit_s=-1)
 
 
 async def test_durable_sync_waits_for_the_fsync(tmp_path: Path) -> None:

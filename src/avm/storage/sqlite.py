@@ -21,6 +21,17 @@ receive and the save landing together). A batch therefore commits only where no 
 between two instructions: from a loop callback (the end of the loop iteration that wrote it),
 or in ``sync()``, just before its caller suspends.
 
+When a batch commits is the durability mode's business. ``durable`` commits at the end of every
+loop iteration that wrote (its agents wait for the fsync anyway). ``relaxed`` promises only that
+nobody waits, so it commits at most once per ``relaxed_commit_s`` (5 ms): the first write after a
+quiet spell still commits at the end of its iteration, later ones ride in the batch that commits
+when the window is over (from a timer callback, so still where no agent is between two
+instructions). A fleet whose replies arrive one loop iteration at a time otherwise committed a
+transaction of two or three entries per iteration, each writing its own WAL frames for the same
+few index pages; in bench/io_calls.py that was most of the state store's CPU per model call.
+A process that dies loses at most that window's entries, which its agents re-run on recovery,
+like PostgreSQL's asynchronous commit (whose window is larger).
+
 ::
 
     agents ─► overlay / entries / statements ─► commit (loop) ─► fsync, checkpoint (thread)
@@ -52,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -174,6 +186,8 @@ _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, c
 # while fsyncs take longer than commits (both measured as they run), since an early commit buys
 # the overlap of one fsync with the cost of one more commit.
 _EARLY_COMMIT_ROWS = 256
+# In relaxed mode a batch commits at most this often by default (see the module docstring).
+_RELAXED_COMMIT_S = 0.005
 _SMOOTHING = 0.2  # weight of the newest measurement in the running fsync and commit times
 # Checkpoint once this many rows were committed since the last checkpoint: with the journal's
 # rows spread over many pages, about the 1,000 pages at which SQLite would checkpoint by itself.
@@ -229,10 +243,19 @@ class _Job:
 
 
 class SqliteStateStore:
-    def __init__(self, path: str | Path, durability: Durability = "durable") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        durability: Durability = "durable",
+        *,
+        relaxed_commit_s: float = _RELAXED_COMMIT_S,
+    ) -> None:
+        if relaxed_commit_s < 0:
+            raise ValueError(f"relaxed_commit_s must not be negative, got {relaxed_commit_s}")
         self.path = Path(path)
         self.durability: Durability = durability
         self._durable = durability == "durable"
+        self._relaxed_commit_s = relaxed_commit_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -258,8 +281,9 @@ class SqliteStateStore:
         self._inbox_new: set[tuple[str, str]] = set()
         self._recovering: dict[str, _Recovering] = {}  # see agents_unfinished
         self._dirty = False  # the batch holds writes
-        self._armed = False  # a commit is scheduled for the end of this loop iteration
+        self._armed = False  # a commit is scheduled (end of this loop iteration, or window)
         self._closed = False
+        self._last_commit = -math.inf  # time.perf_counter() of the last commit's start
         self.commits = 0
         self.fsyncs = 0
         self._rows_since_checkpoint = 0
@@ -291,7 +315,12 @@ class SqliteStateStore:
         self._dirty = True
         if not self._armed:
             self._armed = True
-            asyncio.get_running_loop().call_soon(self._end_of_iteration)
+            loop = asyncio.get_running_loop()
+            wait = self._last_commit + self._relaxed_commit_s - time.perf_counter()
+            if self._durable or wait <= 0:
+                loop.call_soon(self._end_of_iteration)
+            else:
+                loop.call_later(wait, self._end_of_iteration)
 
     def _queue(self, sql: str, params: tuple[object, ...]) -> None:
         self._touch()
@@ -315,7 +344,7 @@ class SqliteStateStore:
         self._heads = {}
         self._inbox_new = set()
         db = self._db
-        started = time.perf_counter()
+        started = self._last_commit = time.perf_counter()
         try:
             db.execute("BEGIN")
             if kv:
