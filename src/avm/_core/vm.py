@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 Reducer = Callable[[list[Any]], Any]
 
+# What a started agent's process keeps of its spawn arguments: never written to.
+_NO_KWARGS: dict[str, Any] = {}
+
 # The context agent tasks' done callbacks run in: the VM's clean-up reads no context variable.
 _DONE_CONTEXT = contextvars.Context()
 
@@ -595,7 +598,9 @@ class VM:
         scheduler.move(proc, AgentState.RUNNING)
         assert proc.context is not None
         try:
-            proc.outcome = await proc.definition.fn(proc.context, **proc.kwargs)
+            agent = proc.definition.fn(proc.context, **proc.kwargs)
+            proc.kwargs = _NO_KWARGS  # they are the agent's locals now (and in its record)
+            proc.outcome = await agent
         except Exception as exc:
             proc.outcome = exc
             scheduler.move(proc, AgentState.FAILED)
@@ -650,7 +655,7 @@ class VM:
             # The agent lives on as its passivation record; this incarnation only goes away.
             proc.mailbox = None
             proc.context = None
-            proc.kwargs = {}
+            proc.kwargs = _NO_KWARGS
             return
         rt.recovery.done(proc.id)  # an agent that ended while replaying no longer holds the gate
         if not task.cancelled() and task.exception() is not None:
@@ -672,7 +677,7 @@ class VM:
             proc.mailbox.close()
             proc.mailbox = None
         proc.schedules = None
-        proc.kwargs = {}
+        proc.kwargs = _NO_KWARGS
         try:
             rt.store.agent_update(
                 proc.id, status=status, spent=proc.gas.spent, budget=proc.gas.budget
