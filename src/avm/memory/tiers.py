@@ -249,6 +249,10 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 # In relaxed mode, let the WAL grow to ~40 MB before checkpointing: each checkpoint syncs the
 # database file, and at SQLite's default (4 MB) those syncs dominated the cost of spilling.
 _CHECKPOINT_PAGES = 10_000
+# Page cache of the cold-tier connection (KiB, as SQLite's negative cache_size): a batch of
+# spilled content touches pages all over the hash index, and at SQLite's default (2 MB) a
+# large batch re-read and re-spilled the same pages. Allocated only as pages are used.
+_CACHE_KIB = 32 * 1024
 
 _FILTER_PROBES = struct.Struct("<4I")
 
@@ -292,6 +296,14 @@ class DiskFilter:
         return True
 
 
+def _first(row: NewRow) -> bytes:
+    return row[0]
+
+
+def _second(count: tuple[int, bytes]) -> bytes:
+    return count[1]
+
+
 class ColdRow(msgspec.Struct, frozen=True):
     """One row of the cold tier, as stored (``data`` is the codec's output)."""
 
@@ -325,7 +337,8 @@ class ColdTier:
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.executescript(
-                "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;" + pragmas + _SCHEMA
+                "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;"
+                f"PRAGMA cache_size=-{_CACHE_KIB};" + pragmas + _SCHEMA
             )
             # Holds belonged to holders of an earlier process; none of them is alive now.
             self._db.execute("UPDATE content SET holds = 0 WHERE holds > 0")
@@ -367,12 +380,15 @@ class ColdTier:
         """
         self._check()
         db = self._db
+        ordered = sorted(rows, key=_first)
         try:
             db.execute("BEGIN")
+            # In hash order: the hash indexes then take the batch leaf by leaf, instead of
+            # one random page per row (what made spilling a large fleet slow down as it grew).
             db.executemany(
                 "INSERT INTO content(hash, codec, size, links, holds, data) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                ordered,
             )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -389,9 +405,10 @@ class ColdTier:
     def set_holds(self, counts: Sequence[tuple[int, bytes]]) -> None:
         """Record ``(holds, hash)`` for rows whose RAM entries are leaving RAM."""
         self._check()
+        ordered = sorted(counts, key=_second)
         try:
             self._db.execute("BEGIN")
-            self._db.executemany("UPDATE content SET holds = ? WHERE hash = ?", counts)
+            self._db.executemany("UPDATE content SET holds = ? WHERE hash = ?", ordered)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._fail("updating", exc) from None
