@@ -72,7 +72,7 @@ class EntryFlag(enum.IntFlag):
     DEDUPLICATED = 2  # found already applied (an agent SQL write), so not performed again
 
 
-class JournalEntry(msgspec.Struct, frozen=True, array_like=True):
+class JournalEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     agent_id: str
     step: int
     op: str

@@ -45,7 +45,7 @@ _message_decoder: Final = msgspec.msgpack.Decoder(Message)
 _tools_decoder: Final = msgspec.msgpack.Decoder(tuple[ToolSpec, ...])
 
 
-class ConversationInput(msgspec.Struct, frozen=True, array_like=True):
+class ConversationInput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A conversation's refs, as RUN_MODEL takes and the journal digests them."""
 
     tools: bytes | None

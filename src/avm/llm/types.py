@@ -24,7 +24,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-class ToolCall(msgspec.Struct, frozen=True):
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
     """A model's request to call a tool: ``arguments`` is the JSON text the model wrote."""
 
     id: str
@@ -32,7 +32,7 @@ class ToolCall(msgspec.Struct, frozen=True):
     arguments: str
 
 
-class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One chat message."""
 
     role: Role
@@ -52,7 +52,7 @@ class ToolSpec(msgspec.Struct, frozen=True):
     )
 
 
-class PrefixHint(msgspec.Struct, frozen=True):
+class PrefixHint(msgspec.Struct, frozen=True, gc=False):
     """Which leading part of a request is shared, as the code that built it knows.
 
     ``key`` names that part's content (a conversation's ``prefix_key``: the same key means the
@@ -65,7 +65,7 @@ class PrefixHint(msgspec.Struct, frozen=True):
     messages: int
 
 
-class ModelRequest(msgspec.Struct, frozen=True):
+class ModelRequest(msgspec.Struct, frozen=True, gc=False):
     """One completion request, already resolved to a provider's own model name.
 
     The fields after ``tools`` are routing hints for the I/O wrappers (:mod:`avm.llm.io`), not
@@ -89,7 +89,7 @@ class ModelRequest(msgspec.Struct, frozen=True):
     prefix: PrefixHint | None = None
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, gc=False):
     """Tokens a call consumed, as the provider counted them.
 
     ``tokens_in`` counts every prompt token; ``cached_tokens`` is the part of it read from the
@@ -103,7 +103,7 @@ class Usage(msgspec.Struct, frozen=True):
     cache_write_tokens: int = 0
 
 
-class ModelReply(msgspec.Struct, frozen=True):
+class ModelReply(msgspec.Struct, frozen=True, gc=False):
     """What ``RUN_MODEL`` returns to an agent; ``str(reply)`` is its text."""
 
     text: str
