@@ -14,6 +14,7 @@ import pytest
 
 import avm
 from avm import Context
+from avm.testing import wait_until
 
 BACKENDS = ("sqlite", "postgres")  # run each VM test on both state stores
 StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # the conftest's state_sql fixture
@@ -187,3 +188,23 @@ async def test_relaxed_durability_still_persists_on_stop(make_vm: Callable[..., 
             return await ctx.kv_fetch("k99")
 
         assert await vm.spawn(reader, agent_id="r").result() == 99
+
+
+async def test_concurrent_kv_reads_get_their_own_values(make_vm: Callable[..., avm.VM]) -> None:
+    # Reads issued together are answered together (one query on PostgreSQL): each must still
+    # get its own agent's value, and a missing key None.
+    async with make_vm() as vm:
+
+        @vm.agent
+        async def keeper(ctx: Context, n: int) -> Any:
+            await ctx.kv_store("n", n)
+            await ctx.kv_store(f"only-{n}", n * 10)
+            await ctx.receive()
+            return await ctx.kv_fetch("n"), await ctx.kv_fetch(f"only-{n}"), await ctx.kv_fetch("x")
+
+        handles = [vm.spawn(keeper, agent_id=f"k{n}", n=n) for n in range(200)]
+        await wait_until(lambda: vm.stats().waiting["message"] == len(handles))
+        for handle in handles:
+            await handle.post("go")
+        results = [await handle.result() for handle in handles]
+    assert results == [(n, n * 10, None) for n in range(200)]

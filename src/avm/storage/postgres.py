@@ -78,6 +78,10 @@ _JOURNAL = (
     "prev_hash, hash, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _BLOB_PUT = "INSERT INTO blobs(hash, data) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING"
+_KV_MANY = (
+    "SELECT r.i, kv.value FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(a, k, i) "
+    "JOIN kv ON kv.agent_id = r.a AND kv.key = r.k"
+)
 _SWARM_JOIN = (
     "INSERT INTO swarm_members(agent_id, topic, step) VALUES ($1, $2, $3) "
     "ON CONFLICT (agent_id, topic) DO UPDATE SET step = excluded.step"
@@ -132,9 +136,54 @@ def _by_table(
     return list(tables.values())
 
 
+class _KvReads:
+    """KV reads issued in one turn of the event loop, answered by one query.
+
+    A thousand agents fetching a key each at once would otherwise be a thousand round trips
+    through a pool of four connections; here they are one ``unnest`` join. A read waits at
+    most one loop turn for its companions.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[str, str, asyncio.Future[bytes | None]]] = []
+        self._queries: set[asyncio.Task[None]] = set()
+
+    def get(self, agent_id: str, key: str) -> asyncio.Future[bytes | None]:
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._send)
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._waiting.append((agent_id, key, future))
+        return future
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        query = asyncio.get_running_loop().create_task(self._answer(batch))
+        self._queries.add(query)
+        query.add_done_callback(self._queries.discard)
+
+    async def _answer(self, batch: list[tuple[str, str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            rows = await self._pool.fetch(
+                _KV_MANY, [agent for agent, _, _ in batch], [key for _, key, _ in batch]
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            error = StorageError(f"reading KV from the state database failed: {exc}")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        found = {int(row[0]): bytes(row[1]) for row in rows}
+        for index, (_, _, future) in enumerate(batch, 1):
+            if not future.done():
+                future.set_result(found.get(index))
+
+
 class PostgresStateStore:
     def __init__(self, pool: asyncpg.Pool, durability: Durability) -> None:
         self._pool = pool
+        self._kv_reads = _KvReads(pool)
         self.durability: Durability = durability
         self._batch: list[tuple[str, tuple[Any, ...]]] = []
         self._queued = 0  # batches queued so far (including the open one, once written to)
@@ -263,10 +312,7 @@ class PostgresStateStore:
         pending = self._kv.get((agent_id, key))
         if pending is not None:
             return None if pending[1] is _DELETED else pending[1]  # type: ignore[return-value]
-        value = await self._pool.fetchval(
-            "SELECT value FROM kv WHERE agent_id = $1 AND key = $2", agent_id, key
-        )
-        return None if value is None else bytes(value)
+        return await self._kv_reads.get(agent_id, key)
 
     def state_put(self, agent_id: str, state: bytes | None) -> None:
         if state is None:
