@@ -15,7 +15,7 @@ from avm import Context
 from avm.errors import CapabilityDenied, InvalidArgument, ModelError, ReplayDivergence
 from avm.llm.chat import Assembler, Chat
 from avm.llm.io.prefix import PrefixTable
-from avm.llm.types import Message, ModelRequest, PrefixHint, ToolSpec
+from avm.llm.types import Message, ModelRequest, PrefixHint, ToolCall, ToolSpec
 from avm.memory import ContentStore
 from avm.testing import FakeOpenAIServer, wait_until
 
@@ -217,6 +217,36 @@ def test_assembly_matches_the_conversation_layout(tmp_path: Path) -> None:
         again = assembler.assemble(store, other.as_input())
         assert again.messages[0].content is assembled.messages[0].content
         assert again.prefix.key != assembled.prefix.key  # no tools there: another prefix
+
+
+def test_assembly_reuses_the_messages_a_chat_just_stored(tmp_path: Path) -> None:
+    """A message added to a chat is what the next assembly hands the model: the object itself,
+    not a decoded copy read back from the store; ill-typed messages are still decoded."""
+    from avm.llm.chat import ASSEMBLER
+
+    with ContentStore(tmp_path) as store:
+        reply = Message("assistant", "the market rose", tool_calls=(ToolCall("c1", "f", "{}"),))
+        chat = Chat.start(store, system=SHARED).add("hello").add(reply).add("thanks")
+        assembled = ASSEMBLER.assemble(store, chat.as_input())
+        assert assembled.messages == chat.conversation.assemble(store).messages
+        assert assembled.messages[2] is reply
+        fresh = Assembler()
+        assert fresh.assemble(store, chat.as_input()).messages == assembled.messages
+
+        last = chat.conversation.last
+        assert last is not None
+        for odd in (
+            Message("robot", "beep"),  # type: ignore[arg-type]
+            Message("user", 42),  # type: ignore[arg-type]
+            Message("user", "hi", name=7),  # type: ignore[arg-type]
+            Message("assistant", "x", tool_calls=[ToolCall("c", "f", "{}")]),  # type: ignore[arg-type]
+            Message("assistant", "x", tool_calls=(ToolCall("c", "f", b"{}"),)),  # type: ignore[arg-type]
+        ):
+            fresh = Assembler()
+            fresh.learn(last, odd)
+            assert len(fresh) == 0
+        fresh.learn(last, Message("user", "thanks"))
+        assert len(fresh) == 1
 
 
 def test_the_memo_stays_within_its_budget(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import msgspec
 
 from avm.errors import InvalidArgument
 from avm.llm.prompts import Prompt
-from avm.llm.types import Message, ModelReply, PrefixHint, Role, ToolSpec
+from avm.llm.types import Message, ModelReply, PrefixHint, Role, ToolCall, ToolSpec
 from avm.memory.conversation import Conversation
 from avm.memory.refs import ContentRef
 from avm.memory.store import ContentStore
@@ -132,10 +132,16 @@ class Chat:
             raise InvalidArgument(
                 f"a conversation message must be a Message or a str, got {type(message).__name__}"
             )
+        if type(message) is str:
+            message = Message("user", message)  # what Conversation.append would make of it
         grown = self.conversation.append(self.store, message)
+        last = grown.last
+        assert last is not None
+        # The next model call on this chat reads this message back; hand the assembler the
+        # message itself, so it neither reads the store nor decodes what was just encoded.
+        ASSEMBLER.learn(last, message)
         if self._keep is not None:
-            assert grown.last is not None
-            self._keep(grown.last)
+            self._keep(last)
         return Chat(self.store, grown, self._keep)
 
     def append_reply(self, reply: ModelReply) -> Chat:
@@ -231,6 +237,16 @@ class Assembler:
         self._memo.clear()
         self._bytes = 0
 
+    def learn(self, ref: bytes, message: Message | str) -> None:
+        """Remember ``message`` as the content stored under ``ref`` (its msgpack encoding).
+
+        Only a message that decoding its stored bytes would give back equal is remembered; any
+        other is left to be read and checked on assembly, as before.
+        """
+        if ref in self._memo or type(message) is not Message or not _decodes_to_itself(message):
+            return
+        self._remember(ref, message, len(message.content) + _MESSAGE_OVERHEAD)
+
     def _system(self, store: ContentStore, ref: bytes) -> Message:
         found = self._recall(ref)
         if found is not None:
@@ -285,6 +301,33 @@ class Assembler:
             _, (_, dropped) = memo.popitem(last=False)
             self._bytes -= dropped
         return value
+
+
+# What a remembered message counts for beyond its text: roughly its encoding's other fields.
+_MESSAGE_OVERHEAD: Final = 32
+
+
+def _decodes_to_itself(message: Message) -> bool:
+    """Whether decoding ``message``'s encoding as a :class:`Message` gives an equal message:
+    every field's type is what the decoder checks for."""
+    if message.role not in _ROLES:
+        return False
+    if type(message.content) is not str:
+        return False
+    for optional in (message.tool_call_id, message.name):
+        if optional is not None and type(optional) is not str:
+            return False
+    calls = message.tool_calls
+    if type(calls) is not tuple:
+        return False
+    for call in calls:
+        if type(call) is not ToolCall:
+            return False
+        if type(call.id) is not str or type(call.name) is not str:
+            return False
+        if type(call.arguments) is not str:
+            return False
+    return True
 
 
 ASSEMBLER: Final = Assembler()

@@ -25,7 +25,13 @@ def to_messages(value: str | Sequence[Any]) -> tuple[Message, ...]:
         return (Message("user", value),)
     messages: list[Message] = []
     for index, item in enumerate(value):
-        if isinstance(item, Message):
+        kind = type(item)
+        # Exact types first: what agents pass is almost always one of these two.
+        if kind is Message:
+            messages.append(item)
+        elif kind is str:
+            messages.append(Message("user", item))
+        elif isinstance(item, Message):
             messages.append(item)
         elif isinstance(item, Prompt):
             messages.append(Message("system", item.text))

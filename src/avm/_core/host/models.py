@@ -93,7 +93,7 @@ def _prepare_model(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...]) -> _M
         messages, specs, prefix = _assemble(rt, value[0], tools)
     else:
         messages = to_messages(value)
-        specs = tool_specs(rt, proc, tools)
+        specs = tool_specs(rt, proc, tools) if tools else ()
     if rt.keys is not None:  # a secret value never reaches a model, whatever the agent passed
         redacted = rt.keys.redact(messages)
         if prefix is not None and redacted[: prefix.messages] != messages[: prefix.messages]:
