@@ -277,6 +277,34 @@ def _usage(wire: _RUsage | None) -> Usage:
     )
 
 
+def _lay_out(request: ModelRequest, prefix: SharedPrefix | None, *, stream: bool) -> _WireRequest:
+    """The wire form of ``request``; ``prefix`` is its shared prefix, encoded once for all."""
+    tools: list[_WireTool] | msgspec.Raw | None = None
+    if prefix is None:
+        messages: list[Any] = [_wire_message(m) for m in request.messages]
+    else:
+        shared, tools = prefix.encoded("openai", _encode_prefix)
+        messages = shared + [_wire_message(m) for m in request.messages[prefix.count :]]
+    return _WireRequest(
+        model=request.model,
+        messages=messages,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=list(request.stop) if request.stop else None,
+        tools=tools,
+        stream=stream,
+        stream_options=_StreamOptions() if stream else None,
+    )
+
+
+def _write_body(
+    request: ModelRequest, prefix: SharedPrefix | None, buffer: bytearray, offset: int
+) -> None:
+    """Write ``request``'s body: with the first two bound, an :data:`avm.llm.io.http.BodyWriter`."""
+    _ENCODER.encode_into(_lay_out(request, prefix, stream=False), buffer, offset)
+
+
 def _encode_prefix(prefix: SharedPrefix) -> tuple[list[msgspec.Raw], msgspec.Raw | None]:
     """The shared prefix in OpenAI's shape: system messages and the tools array, as bytes."""
     messages = [
@@ -359,9 +387,11 @@ class OpenAICompatProvider:
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         """Answer one request; raises only :class:`avm.errors.ModelError` subclasses."""
-        # The body is encoded by the connection pool once a connection is free, straight into
-        # its send buffer (see avm.llm.io.http.BodyWriter).
-        writer = functools.partial(_ENCODER.encode_into, self._wire(request, stream=False))
+        # The body is laid out and encoded by the connection pool once a connection is free,
+        # straight into its send buffer (see avm.llm.io.http.BodyWriter): a call queued for a
+        # connection holds no wire form of itself, only the request and its shared prefix
+        # (found now, while the wrappers' lookup of this very request is remembered).
+        writer = functools.partial(_write_body, request, PREFIXES.of(request))
         response = await self._transport.call(
             self._chat_head, writer, where=self._where, model=request.model
         )
@@ -506,24 +536,7 @@ class OpenAICompatProvider:
         return _ENCODER.encode(self._wire(request, stream=stream))
 
     def _wire(self, request: ModelRequest, *, stream: bool) -> _WireRequest:
-        prefix = PREFIXES.of(request)
-        tools: list[_WireTool] | msgspec.Raw | None = None
-        if prefix is None:
-            messages: list[Any] = [_wire_message(m) for m in request.messages]
-        else:
-            shared, tools = prefix.encoded("openai", _encode_prefix)
-            messages = shared + [_wire_message(m) for m in request.messages[prefix.count :]]
-        return _WireRequest(
-            model=request.model,
-            messages=messages,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=list(request.stop) if request.stop else None,
-            tools=tools,
-            stream=stream,
-            stream_options=_StreamOptions() if stream else None,
-        )
+        return _lay_out(request, PREFIXES.of(request), stream=stream)
 
     def _decode(self, payload: bytes, model: str) -> ModelReply:
         completion = self._transport.decode(
