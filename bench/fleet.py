@@ -54,6 +54,7 @@ Run it::
     .venv/bin/python bench/fleet.py                    # 10,000 and 100,000 agents, ~2 min
     .venv/bin/python bench/fleet.py --quick            # 2,000 agents, a few seconds
     .venv/bin/python bench/fleet.py --agents 50000 --configs avm bare_asyncio
+    .venv/bin/python bench/fleet.py --agents 1000000 --configs avm_passivated --repeat 1
 """
 
 from __future__ import annotations
@@ -360,6 +361,7 @@ async def run_avm_store(agents: int, passivate: bool, budget: str = STORE_BUDGET
             after = rss_bytes()
             stats = vm.stats()
             memory = stats.memory
+            ram_content = memory.hot.stored_bytes + memory.warm.stored_bytes
             start = time.perf_counter()
         stop_s = time.perf_counter() - start
     config = "avm_passivated" if passivate else "avm_store"
@@ -382,6 +384,11 @@ async def run_avm_store(agents: int, passivate: bool, budget: str = STORE_BUDGET
         if memory.warm.stored_bytes
         else None,
         store_ram_bytes_per_agent=round(memory.ram_bytes / agents),
+        # The content itself as held in RAM (hot as is, warm compressed; the shared prompt
+        # once), and what the agent costs beyond it: the issue's "RAM per resident agent
+        # beyond its unique content after compression".
+        ram_content_bytes_per_agent=round(ram_content / agents),
+        rss_beyond_ram_content_per_agent=round((after - before - ram_content) / agents),
         store_cold_bytes=memory.cold.stored_bytes,
         store_dedup_ratio=memory.dedup_ratio,
         rss_bytes_beyond_store_ram_per_agent=round((after - before - memory.ram_bytes) / agents),
@@ -526,6 +533,16 @@ def ratios(results: Sequence[Json]) -> dict[str, Json]:
             )
             row["process_per_agent_rss_bytes_total_estimate"] = process["rss_bytes_per_agent"] * n
         out[str(n)] = row
+    # The content-store configurations against naive, as "naive ÷ this" (above 1: AVM cheaper).
+    for result in ok:
+        if result["config"] not in ("avm_store", "avm_warm", "avm_passivated"):
+            continue
+        n = result["agents"]
+        naive = next((r for r in ok if r["config"] == "naive" and r["agents"] == n), None)
+        if naive is not None:
+            out.setdefault(str(n), {})[f"naive_over_{result['config']}_memory"] = _ratio(
+                naive["rss_bytes_per_agent"], result["rss_bytes_per_agent"]
+            )
     return out
 
 
