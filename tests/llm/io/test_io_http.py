@@ -19,6 +19,7 @@ from avm.llm.io.http import (
     HttpDisconnected,
     HttpPool,
     HttpProtocolError,
+    HttpResponse,
     HttpTimeout,
     Origin,
 )
@@ -413,3 +414,92 @@ async def test_written_bodies_are_framed_like_bytes(
     )
     assert [msgspec.json.decode(r.body) for r in responses] == bodies
     await pool.aclose()
+
+
+# -- requests parked on a full pool: sent by the pool when a connection comes free ----------------
+
+
+async def test_a_parked_request_cancelled_before_or_after_it_is_sent(
+    app_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.1 if request.path == "/slow" else 0.02)
+        return web.Response(text=request.path)
+
+    url = await app_server(handler)
+    pool = HttpPool(url, max_connections=1)
+    first = asyncio.create_task(pool.request(pool.head("GET", "/first"), timeout_s=5))
+    await asyncio.sleep(0)
+    parked = asyncio.create_task(pool.request(pool.head("GET", "/never"), timeout_s=5))
+    slow = asyncio.create_task(pool.request(pool.head("GET", "/slow"), timeout_s=5))
+    await asyncio.sleep(0)
+    parked.cancel()  # still queued: the pool skips it
+    assert (await first).body == b"/first"
+    await asyncio.sleep(0.03)  # /slow is on the connection now, its reply not in yet
+    slow.cancel()  # mid-reply: the connection is dropped and its slot freed
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert (await pool.request(pool.head("GET", "/after"), timeout_s=5)).body == b"/after"
+    assert pool.open_connections == 1
+    await pool.aclose()
+
+
+async def test_a_parked_body_that_cannot_be_written_fails_alone(
+    app_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        return web.Response(body=await request.read())
+
+    url = await app_server(echo)
+    pool = HttpPool(url, max_connections=1)
+    head = pool.head("POST", "/")
+    encoder = msgspec.json.Encoder()
+    results = await asyncio.gather(
+        pool.request(head, functools.partial(encoder.encode_into, {"n": 1}), timeout_s=5),
+        pool.request(head, functools.partial(encoder.encode_into, object()), timeout_s=5),
+        pool.request(head, functools.partial(encoder.encode_into, {"n": 3}), timeout_s=5),
+        return_exceptions=True,
+    )
+    first, second, third = results
+    assert isinstance(first, HttpResponse)
+    assert first.body == b'{"n":1}'
+    assert isinstance(second, TypeError)
+    assert isinstance(third, HttpResponse)
+    assert third.body == b'{"n":3}'
+    assert pool.open_connections == 1  # the one connection served both good requests
+    await pool.aclose()
+
+
+async def test_a_parked_request_connects_when_a_slot_frees_up(
+    app_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def closing(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.01)
+        return web.Response(text=request.path, headers={"Connection": "close"})
+
+    url = await app_server(closing)
+    pool = HttpPool(url, max_connections=1)
+    paths = [f"/{i}" for i in range(4)]
+    responses = await asyncio.gather(
+        *(pool.request(pool.head("GET", p), timeout_s=5) for p in paths)
+    )
+    assert [r.body.decode() for r in responses] == paths
+    assert pool.open_connections == 0
+    await pool.aclose()
+
+
+async def test_a_parked_request_sent_on_a_stale_connection_is_retried() -> None:
+    def reply(_request: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+
+    # The server closes after each reply without saying so: the parked request is sent on a
+    # connection the server is closing, and goes again on a new one.
+    server = RawServer(reply, close_after=True)
+    async with server as url:
+        pool = HttpPool(url, max_connections=1)
+        head = pool.head("GET", "/")
+        responses = await asyncio.gather(*(pool.request(head, timeout_s=5) for _ in range(3)))
+        assert [r.body for r in responses] == [b"ok"] * 3
+        assert server.connections == 3
+        await pool.aclose()

@@ -17,7 +17,10 @@ with a 50 KB body (``bench/io_calls.py``), a call costs about half the CPU of th
 through aiohttp with the same msgspec encoding. A body can also be given as a
 :data:`BodyWriter`, run only once a connection is free, straight into the pool's send buffer:
 a thousand requests queued for two hundred connections then hold no encoded copies of their
-prompts, which halves the client's peak memory in that benchmark.
+prompts, which halves the client's peak memory in that benchmark. A whole request that finds
+every connection busy is parked with what it takes to send it, and the pool sends it on the
+first connection released: its task wakes once, for the response, instead of once for the
+connection and again for the response.
 
 Supported: ``http`` and ``https`` (the default SSL context), ``Content-Length``, chunked and
 close-delimited bodies, ``1xx`` interim replies, keep-alive with a transparent single retry of a
@@ -436,6 +439,39 @@ class _Conn(asyncio.BufferedProtocol):
             waiter.set_result(HttpResponse(self.status, self.head, body))
 
 
+# What a parked request is answered with when, instead of a connection, a free slot opened up:
+# the request then connects itself. No server's reply has status 0.
+_SLOT: Final = HttpResponse(0, b"", b"")
+
+
+class _Parked:
+    """A whole request waiting for a connection, queued with everything needed to send it.
+
+    The pool sends it on the first connection released (:meth:`HttpPool._dispatch`), so the
+    waiting task is woken once, by its response, rather than first by the connection and then
+    again by the response. Its ``waiter`` gets the response, :data:`_SLOT`, or the failure.
+    """
+
+    __slots__ = ("body", "conn", "deadline", "extra", "head", "max_body", "waiter")
+
+    def __init__(
+        self,
+        head: bytes,
+        extra: bytes,
+        body: bytes | BodyWriter,
+        max_body: int,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.head = head
+        self.extra = extra
+        self.body = body
+        self.max_body = max_body
+        self.deadline = deadline
+        self.waiter: asyncio.Future[HttpResponse] = loop.create_future()
+        self.conn: _Conn | None = None  # the connection it was sent on
+
+
 class HttpStream:
     """A response whose body is read as it arrives.
 
@@ -593,10 +629,14 @@ class HttpPool:
         # than a timer per request: with one timeout for all, deadlines arrive in order and the
         # timer is re-armed only when the earliest request is over its limit.
         self._deadlines: dict[_Conn, float] = {}
-        self._waiting: dict[asyncio.Future[_Conn | None], float] = {}
+        # Callers waiting for a connection, in FIFO order: a stream's future (handed a
+        # connection, or None for a free slot to connect in) or a parked whole request.
+        self._waiting: dict[asyncio.Future[_Conn | None] | asyncio.Future[HttpResponse], float] = {}
         self._sweep_at = math.inf
         self._sweeper: asyncio.TimerHandle | None = None
-        self._waiters: collections.deque[asyncio.Future[_Conn | None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Conn | None] | _Parked] = (
+            collections.deque()
+        )
         self._closed = False
         # The loop the connections belong to, taken on first use. Asking asyncio for it on
         # every request would cost a getpid() system call each time on Python 3.11.
@@ -639,6 +679,20 @@ class HttpPool:
             if idle and not fresh and idle[-1].usable and not self._closed:
                 conn = idle.pop()  # the common case, without a coroutine for _acquire
                 conn.reused = True
+            elif not fresh and not self._closed and self._full():
+                # Every connection is busy: park the request for the pool to send on the
+                # first one released, so this task wakes once, for the response.
+                parked = _Parked(head, extra_headers, body, max_body, deadline, loop)
+                got = await self._wait_parked(parked, loop)
+                sent = parked.conn
+                if got is not _SLOT:
+                    assert sent is not None
+                    self._release(sent)
+                    return got
+                if sent is not None:  # sent, and the kept-alive connection was stale
+                    fresh = True
+                    continue
+                conn = await self._connect_counted(deadline)  # a slot freed up for us
             else:
                 conn = await self._acquire(deadline, fresh)
             conn.max_body = max_body
@@ -742,6 +796,71 @@ class HttpPool:
         if len(scratch) > _SCRATCH_KEEP:
             self._scratch = bytearray()
 
+    def _full(self) -> bool:
+        """Whether every connection is taken (dead idle ones are dropped on the way)."""
+        idle = self._idle
+        while idle and not idle[-1].usable:
+            idle.pop().abort()
+            self._open -= 1
+        return not idle and self._open >= self.max_connections
+
+    async def _wait_parked(self, parked: _Parked, loop: asyncio.AbstractEventLoop) -> HttpResponse:
+        """Queue ``parked``; return its response, or :data:`_SLOT` when it should connect.
+
+        On :class:`HttpDisconnected` from a kept-alive connection that had sent nothing back,
+        returns :data:`_SLOT` with ``parked.conn`` set (released): the caller retries on a
+        fresh connection, as a request that found the connection itself would.
+        """
+        waiter = parked.waiter
+        self._waiters.append(parked)
+        self._waiting[waiter] = parked.deadline
+        if parked.deadline < self._sweep_at:
+            self._arm_sweeper(loop, parked.deadline)
+        try:
+            return await waiter
+        except HttpDisconnected:
+            conn = parked.conn
+            if conn is None:
+                raise
+            self._deadlines.pop(conn, None)
+            self._release(conn)
+            if conn.reused and not conn.got_bytes:
+                return _SLOT
+            raise
+        except BaseException:
+            conn = parked.conn
+            if conn is not None:
+                # Sent on a connection: it is mid-reply unless the reply is in.
+                self._deadlines.pop(conn, None)
+                if not (waiter.done() and not waiter.cancelled() and waiter.exception() is None):
+                    conn.abort()
+                self._release(conn)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a free slot just as we gave up: pass it on.
+                self._open -= 1
+                self._wake_one()
+            raise
+        finally:
+            self._waiting.pop(waiter, None)
+            if parked.conn is not None:
+                self._deadlines.pop(parked.conn, None)
+
+    def _dispatch(self, conn: _Conn, parked: _Parked) -> bool:
+        """Send a parked request on ``conn``; False if its body could not be written."""
+        conn.reused = True
+        conn.max_body = parked.max_body
+        self._waiting.pop(parked.waiter, None)  # its deadline is the connection's now
+        self._deadlines[conn] = parked.deadline
+        parked.conn = conn
+        try:
+            self._send(conn, parked.head, parked.extra, parked.body, parked.waiter, stream=False)
+        except Exception as exc:  # the body writer failed: the connection is untouched
+            parked.conn = None
+            del self._deadlines[conn]
+            parked.waiter.set_exception(exc)
+            return False
+        return True
+
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = self._loop = asyncio.get_running_loop()
         return loop
@@ -786,9 +905,10 @@ class HttpPool:
             conn.abort()
             self._open -= 1
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(HttpConnectError("the connection pool was closed"))
+            waiting = self._waiters.popleft()
+            future = waiting.waiter if isinstance(waiting, _Parked) else waiting
+            if not future.done():
+                future.set_exception(HttpConnectError("the connection pool was closed"))
 
     # --- connections -----------------------------------------------------------------------
 
@@ -877,7 +997,10 @@ class HttpPool:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
-            if not waiter.done():
+            if isinstance(waiter, _Parked):
+                if not waiter.waiter.done() and self._dispatch(conn, waiter):
+                    return
+            elif not waiter.done():
                 waiter.set_result(conn)
                 return
         self._idle.append(conn)
@@ -887,7 +1010,12 @@ class HttpPool:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
-            if not waiter.done():
+            if isinstance(waiter, _Parked):
+                if not waiter.waiter.done():
+                    self._open += 1
+                    waiter.waiter.set_result(_SLOT)
+                    return
+            elif not waiter.done():
                 self._open += 1
                 waiter.set_result(None)
                 return
