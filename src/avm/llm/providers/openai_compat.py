@@ -298,11 +298,17 @@ def _lay_out(request: ModelRequest, prefix: SharedPrefix | None, *, stream: bool
     )
 
 
-def _write_body(
-    request: ModelRequest, prefix: SharedPrefix | None, buffer: bytearray, offset: int
-) -> None:
-    """Write ``request``'s body: with the first two bound, an :data:`avm.llm.io.http.BodyWriter`."""
-    _ENCODER.encode_into(_lay_out(request, prefix, stream=False), buffer, offset)
+class _Body(msgspec.Struct, frozen=True, gc=False):
+    """A request's body as an :data:`avm.llm.io.http.BodyWriter`: laid out and encoded when
+    called. Not a ``functools.partial``: that and its argument tuple would be two more objects
+    for the cycle collector to walk for every call queued for a connection; this is none (it
+    holds a request and a prefix, neither of which refers back to it)."""
+
+    request: ModelRequest
+    prefix: SharedPrefix | None
+
+    def __call__(self, buffer: bytearray, offset: int) -> None:
+        _ENCODER.encode_into(_lay_out(self.request, self.prefix, stream=False), buffer, offset)
 
 
 def _encode_prefix(prefix: SharedPrefix) -> tuple[list[msgspec.Raw], msgspec.Raw | None]:
@@ -391,7 +397,7 @@ class OpenAICompatProvider:
         # straight into its send buffer (see avm.llm.io.http.BodyWriter): a call queued for a
         # connection holds no wire form of itself, only the request and its shared prefix
         # (found now, while the wrappers' lookup of this very request is remembered).
-        writer = functools.partial(_write_body, request, PREFIXES.of(request))
+        writer = _Body(request, PREFIXES.of(request))
         response = await self._transport.call(
             self._chat_head, writer, where=self._where, model=request.model
         )
