@@ -682,16 +682,25 @@ class HttpPool:
             elif not fresh and not self._closed and self._full():
                 # Every connection is busy: park the request for the pool to send on the
                 # first one released, so this task wakes once, for the response.
-                parked = _Parked(head, extra_headers, body, max_body, deadline, loop)
-                got = await self._wait_parked(parked, loop)
-                sent = parked.conn
-                if got is not _SLOT:
-                    assert sent is not None
-                    self._release(sent)
-                    return got
-                if sent is not None:  # sent, and the kept-alive connection was stale
-                    fresh = True
+                # (No coroutine of its own for the wait: its frame would stay alive with
+                # every queued call, one more object per call for the cycle collector.)
+                parked = self._park(head, extra_headers, body, max_body, deadline, loop)
+                try:
+                    got = await parked.waiter
+                except HttpDisconnected:
+                    if not self._stale(parked):
+                        raise
+                    fresh = True  # sent on a kept-alive connection the server had closed
                     continue
+                except BaseException:
+                    self._abandon(parked)
+                    raise
+                finally:
+                    self._unpark(parked)
+                if got is not _SLOT:
+                    assert parked.conn is not None
+                    self._release(parked.conn)
+                    return got
                 conn = await self._connect_counted(deadline)  # a slot freed up for us
             else:
                 conn = await self._acquire(deadline, fresh)
@@ -804,46 +813,58 @@ class HttpPool:
             self._open -= 1
         return not idle and self._open >= self.max_connections
 
-    async def _wait_parked(self, parked: _Parked, loop: asyncio.AbstractEventLoop) -> HttpResponse:
-        """Queue ``parked``; return its response, or :data:`_SLOT` when it should connect.
+    def _park(
+        self,
+        head: bytes,
+        extra: bytes,
+        body: bytes | BodyWriter,
+        max_body: int,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Parked:
+        """Queue a whole request for the next connection released (see :meth:`_dispatch`).
 
-        On :class:`HttpDisconnected` from a kept-alive connection that had sent nothing back,
-        returns :data:`_SLOT` with ``parked.conn`` set (released): the caller retries on a
-        fresh connection, as a request that found the connection itself would.
+        Its waiter gets the response, :data:`_SLOT` when a slot freed up instead (the caller
+        connects), or the failure; the caller then calls :meth:`_unpark`, and on a failure
+        :meth:`_stale` or :meth:`_abandon`.
         """
-        waiter = parked.waiter
+        parked = _Parked(head, extra, body, max_body, deadline, loop)
         self._waiters.append(parked)
-        self._waiting[waiter] = parked.deadline
-        if parked.deadline < self._sweep_at:
-            self._arm_sweeper(loop, parked.deadline)
-        try:
-            return await waiter
-        except HttpDisconnected:
-            conn = parked.conn
-            if conn is None:
-                raise
+        self._waiting[parked.waiter] = deadline
+        if deadline < self._sweep_at:
+            self._arm_sweeper(loop, deadline)
+        return parked
+
+    def _stale(self, parked: _Parked) -> bool:
+        """After a disconnect: release the connection; whether to retry on a fresh one (it
+        was a kept-alive connection the server had closed before answering anything)."""
+        conn = parked.conn
+        if conn is None:
+            return False
+        self._deadlines.pop(conn, None)
+        self._release(conn)
+        return conn.reused and not conn.got_bytes
+
+    def _abandon(self, parked: _Parked) -> None:
+        """The caller gave up (cancelled, timed out, failed): free what it was given."""
+        waiter = parked.waiter
+        answered = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+        conn = parked.conn
+        if conn is not None:
+            # Sent on a connection: it is mid-reply unless the reply is in.
             self._deadlines.pop(conn, None)
+            if not answered:
+                conn.abort()
             self._release(conn)
-            if conn.reused and not conn.got_bytes:
-                return _SLOT
-            raise
-        except BaseException:
-            conn = parked.conn
-            if conn is not None:
-                # Sent on a connection: it is mid-reply unless the reply is in.
-                self._deadlines.pop(conn, None)
-                if not (waiter.done() and not waiter.cancelled() and waiter.exception() is None):
-                    conn.abort()
-                self._release(conn)
-            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Handed a free slot just as we gave up: pass it on.
-                self._open -= 1
-                self._wake_one()
-            raise
-        finally:
-            self._waiting.pop(waiter, None)
-            if parked.conn is not None:
-                self._deadlines.pop(parked.conn, None)
+        elif answered:
+            # Handed a free slot just as it gave up: pass the slot on.
+            self._open -= 1
+            self._wake_one()
+
+    def _unpark(self, parked: _Parked) -> None:
+        self._waiting.pop(parked.waiter, None)
+        if parked.conn is not None:
+            self._deadlines.pop(parked.conn, None)
 
     def _dispatch(self, conn: _Conn, parked: _Parked) -> bool:
         """Send a parked request on ``conn``; False if its body could not be written."""
