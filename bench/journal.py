@@ -57,10 +57,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -77,6 +75,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import blake3
+
+from run_info import run_info
 
 if TYPE_CHECKING:
     import avm
@@ -650,14 +650,7 @@ def run_all(args: argparse.Namespace) -> Json:
                 rec["recovered_s"], floor["read_s"]
             )
     return {
-        "benchmark": "journal",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **run_info("journal"),
         "workload": {
             "agents": args.agents,
             "instructions_per_agent": args.instructions,

@@ -59,10 +59,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -73,6 +71,7 @@ from typing import Any, cast
 from avm.llm.local.model_file import default_model_path
 from avm.llm.providers.llamacpp import LlamaCppProvider
 from avm.llm.types import Message, ModelRequest
+from run_info import run_info
 
 Json = dict[str, Any]
 
@@ -289,16 +288,6 @@ async def ttft_run(provider: LlamaCppProvider, agents: int) -> Json:
     }
 
 
-def machine() -> Json:
-    load = os.getloadavg()
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "loadavg_1m_at_start": round(load[0], 2),
-    }
-
-
 async def main_async(args: argparse.Namespace) -> Json:
     import llama_cpp
 
@@ -309,9 +298,7 @@ async def main_async(args: argparse.Namespace) -> Json:
         args.weights = auto_weights(model_path)
     log(f"model {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), {args.threads} thread(s)")
     result: Json = {
-        "benchmark": "local_model",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **run_info("local_model"),
         "config": {
             "model": model_path.name,
             "llama_cpp_python": llama_cpp.__version__,

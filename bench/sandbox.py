@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from avm.tools.sandbox import Sandbox, SandboxLimits
+from run_info import run_info
 
 Runner = Callable[[], Awaitable[None]]
 
@@ -152,19 +151,15 @@ async def main_async(runs: int, warmup: int) -> dict[str, Any]:
         }
         for kind in ("true", "python")
     }
+    mode = (
+        "privileged (root: no user namespace, setpriv to a per-agent uid)"
+        if sandbox.privileged
+        else "user namespace (unprivileged)"
+    )
     return {
-        "benchmark": "sandbox_start_latency",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "bwrap": bwrap_version(),
-            "mode": "privileged (root: no user namespace, setpriv to a per-agent uid)"
-            if sandbox.privileged
-            else "user namespace (unprivileged)",
-            "snippet_python": python,
-        },
+        **run_info(
+            "sandbox_start_latency", bwrap=bwrap_version(), mode=mode, snippet_python=python
+        ),
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "target_p50_ms": 20.0,

@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
 import hashlib
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -46,6 +44,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import psutil
+
+from run_info import run_info
 
 Json = dict[str, Any]
 
@@ -236,17 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             checks["throughput_budgeted_vs_unbounded"] = round(
                 b["messages_per_s"] / u["messages_per_s"], 3
             )
-    memory = psutil.virtual_memory()
     report = {
-        "benchmark": "soak",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gib": round(memory.total / 2**30, 1),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **run_info("soak"),
         "workload": {
             "agents": args.agents,
             "prompt_bytes": PROMPT_BYTES,

@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -52,6 +49,7 @@ from ruamel.yaml import YAML
 
 import avm
 from avm import assembler
+from run_info import run_info
 
 Json = dict[str, Any]
 
@@ -225,14 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"instructions: {args.agents} agents x {args.rounds} rounds, {args.repeat} repeats")
     instructions = bench_instructions(args.agents, args.rounds, args.repeat)
     document = {
-        "benchmark": "templates",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
-        "command": " ".join(["bench/templates.py", *(argv or sys.argv[1:])]),
+        **run_info("templates"),
         "validation": validation,
         "instructions": instructions,
     }
