@@ -61,12 +61,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
 import hashlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -78,6 +76,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+
+from run_info import run_info
 
 Json = dict[str, Any]
 
@@ -587,6 +587,7 @@ def run_all(
     Repeats are interleaved (every configuration once, then again...) so that drift in the
     machine (page-cache state, a noisy neighbour) falls on all configurations alike.
     """
+    head = run_info("fleet")  # the machine's load as the run starts
     started = time.perf_counter()
     plan: list[tuple[str, int]] = []
     skipped: list[Json] = []
@@ -617,17 +618,8 @@ def run_all(
                 )
             print(f"fleet: [{round_}/{repeat}] {config:>17} x {n:>7,}: {line}", file=sys.stderr)
     results = [fold_runs(runs[key]) for key in plan] + skipped
-    memory = psutil.virtual_memory()
     return {
-        "benchmark": "fleet",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gib": round(memory.total / 2**30, 1),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **head,
         "workload": {
             "prompt_bytes": PROMPT_BYTES,
             "conversation_bytes": CONVERSATION_BYTES,
