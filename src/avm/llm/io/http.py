@@ -875,9 +875,12 @@ class HttpPool:
         parked.conn = conn
         try:
             self._send(conn, parked.head, parked.extra, parked.body, parked.waiter, stream=False)
-        except Exception as exc:  # the body writer failed: the connection is untouched
+        except Exception as exc:  # the body writer failed (or the write itself)
             parked.conn = None
             del self._deadlines[conn]
+            if conn.waiter is not None:  # it got as far as the socket: not reusable
+                conn.waiter = None
+                conn.abort()
             parked.waiter.set_exception(exc)
             return False
         return True
@@ -1019,7 +1022,13 @@ class HttpPool:
         while waiters:
             waiter = waiters.popleft()
             if isinstance(waiter, _Parked):
-                if not waiter.waiter.done() and self._dispatch(conn, waiter):
+                if waiter.waiter.done():
+                    continue
+                if self._dispatch(conn, waiter):
+                    return
+                if conn.closed:  # the failed send took the connection with it
+                    self._open -= 1
+                    self._wake_one()
                     return
             elif not waiter.done():
                 waiter.set_result(conn)
