@@ -42,8 +42,9 @@ async def test_rpm_is_held_at_the_server(
     # Over any window of w seconds: at most rate * w + burst.
     assert most_in_any_window(arrivals, 0.5) <= 20 * 0.5 + 2
     assert most_in_any_window(arrivals, 1.0) <= 20 * 1.0 + 2
-    # And it did not pace harder than asked: 28 requests beyond the burst at 20/s.
-    assert max(arrivals) - min(arrivals) < 1.4 + 0.5
+    # And it paced: 28 requests beyond the burst at 20/s take at least 1.4 s. (Only a lower
+    # bound: a loaded machine can stretch the run, never shorten it.)
+    assert max(arrivals) - min(arrivals) >= 1.4 - 0.1
 
 
 async def test_tpm_is_held_at_the_server(
