@@ -18,6 +18,23 @@ with the same id is deduplicated by the durable inbox). The instruction never go
 entry, so the re-run agent replays every entry it had and issues it again, at the same step.
 Its deadline is kept (``TimerService.resume_at``), not restarted.
 
+Records are durable: each one is written to the state store (``passivated`` table) in the batch
+of the moment it is made, and deleted in the batch of its activation, before anything the
+woken agent writes. A VM that starts on a store holding records (after a clean stop or a kill)
+registers those agents as passivated again (:meth:`Passivator.revive`) instead of restoring
+them into RAM: no task, no replay, only the record, until a message, the awaited reply or the
+deadline wakes them as above. Deadlines are stored as wall-clock times, so a deadline that
+passed while no VM ran wakes its agent as soon as the VM starts.
+
+What is guaranteed of a revived agent's held content (``memory``, a link list in the content
+store's cold tier, ``content.db``): nothing an agent needs to run depends on it, since
+activation rebuilds the agent from its journal, and replay stores again what the agent's code
+stores. When the link list is still on disk, the agent takes holds again on the content it
+names that the store still has (the store drops every hold of an earlier process when it
+opens), and garbage collection keeps that content while the agent is away (records are GC
+roots). When the link list is missing (the content store lost a write the state store kept),
+the agent comes back exactly the same, only without those holds restored.
+
 No message is lost or doubled: while an agent is passivated, and while it is being activated
 until :func:`restore` has read its inbox, deliveries to it are only recorded in the durable
 inbox (the message log returns "not delivered live"), and that read picks them all up; from the
@@ -34,11 +51,13 @@ from collections.abc import Callable
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from avm._core.interpreter import execute
 from avm._core.process import AgentProcess
 from avm._core.states import AgentState, WaitReason
 from avm._core.timers import TimerService
-from avm.memory import ContentRef, ContentStore, PassivatedAgent, Tier
+from avm.memory import ContentError, ContentRef, ContentStore, PassivatedAgent, Tier
 from avm.memory.holds import HoldTable
 from avm.storage.base import StateStore
 from avm.swarm.bus import MessageLog, SwarmBus
@@ -169,6 +188,9 @@ class Passivator:
         self._held = held
         self.records: dict[str, PassivatedAgent] = {}
         self._activating: set[str] = set()
+        # Agents whose records came from the store at start: their holds died with the last
+        # process, so activation takes them again.
+        self._revived: set[str] = set()
         self._seen: dict[str, tuple[int, float]] = {}
         self._sweep_timer: Any = None
         self._closed = False
@@ -303,6 +325,7 @@ class Passivator:
             proc.definition.name,
         )
         self.records[proc.id] = record
+        self._save(record)
         del self._processes[proc.id]
         rt.scheduler.passivate()
         proc.outcome = PASSIVATED
@@ -311,6 +334,76 @@ class Passivator:
             rt.timers.call_at(wait.deadline, lambda: self._deadline(record))
         self.passivations += 1
         return True
+
+    # -- durable records -----------------------------------------------------------------------
+
+    def _wall_shift(self) -> float:
+        """What to add to a timer-clock time to make it a wall-clock time, now."""
+        timers = self._rt.timers
+        return timers.clock.wall() - timers.now()
+
+    def _save(self, record: PassivatedAgent) -> None:
+        """Write ``record`` to the state store, its times as wall-clock times."""
+        stored = _shifted(record, self._wall_shift())
+        self._rt.store.passivated_put(record.agent_id, stored.encode())
+
+    def update(self, record: PassivatedAgent) -> None:
+        """Replace a passivated agent's record (a top-up changed its budget), durably too."""
+        self.records[record.agent_id] = record
+        self._save(record)
+
+    def load(self, data: bytes, first_step: int) -> PassivatedAgent | None:
+        """A record read from the state store, its times back on the timer clock; None if it
+        cannot be used (undecodable, or left by an earlier incarnation of the agent)."""
+        try:
+            record = PassivatedAgent.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring an unreadable passivation record: %s", exc)
+            return None
+        if first_step < 0 or record.journal_pos < first_step:
+            return None
+        return _shifted(record, -self._wall_shift())
+
+    def revive(self, record: PassivatedAgent) -> None:
+        """Register an agent passivated by an earlier VM run, without bringing it into RAM.
+
+        It is counted as waiting and passivated, rejoins its swarms on the bus (so broadcasts
+        reach its inbox), and its deadline is armed; a deadline already past fires at once.
+        """
+        rt = self._rt
+        agent_id = record.agent_id
+        self.records[agent_id] = record
+        self._revived.add(agent_id)
+        scheduler = rt.scheduler
+        scheduler.by_state[AgentState.WAITING] += 1
+        scheduler.by_reason[record.wait] += 1
+        scheduler.passivate()
+        for topic in record.topics:
+            rt.bus.join(topic, agent_id)
+        if record.deadline is not None:
+            rt.timers.call_at(record.deadline, lambda: self._deadline(record))
+
+    def dropped(self, agent_id: str) -> None:
+        """Delete a record the store holds that :meth:`load` would not take."""
+        self._rt.store.passivated_delete(agent_id)
+
+    def _rehold(self, agent_id: str, memory: ContentRef) -> None:
+        """Take again the holds a revived agent had on what its link list names, where the
+        store still has that content (see the module docstring for what is guaranteed)."""
+        store, held = self._memory, self._held
+        try:
+            children, _ = store.read_links(memory)
+        except ContentError as exc:
+            log.debug("agent %s's held content is gone (%s): replay re-creates it", agent_id, exc)
+            return
+        for ref in children:
+            if held.has(agent_id, ref):
+                continue
+            try:
+                store.incref(ref)
+            except ContentError:
+                continue
+            held.add(agent_id, ref)
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -342,7 +435,14 @@ class Passivator:
         rt.scheduler.enter(proc, AgentState.READY)
         self._processes[agent_id] = proc
         self._activating.add(agent_id)
-        if record.memory is not None:
+        # Before anything the woken agent writes: a restart after those writes must not find
+        # the agent passivated where its journal has moved on.
+        rt.store.passivated_delete(agent_id)
+        if agent_id in self._revived:
+            self._revived.discard(agent_id)
+            if record.memory is not None:
+                self._rehold(agent_id, record.memory)
+        elif record.memory is not None:
             children, _ = self._memory.read_links(record.memory)
             self._held.restore(agent_id, children)
             self._memory.decref(record.memory)
@@ -369,11 +469,21 @@ class Passivator:
             self._rt.timers.forget_resume(proc.task)
 
     def close(self) -> None:
-        """The VM stops: passivated agents stay as their store records say (running)."""
+        """The VM stops: passivated agents stay as their store records say (passivated)."""
         self._closed = True
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
         self.records.clear()
+        self._revived.clear()
         self._activating.clear()
         self._seen.clear()
         self._notify()
+
+
+def _shifted(record: PassivatedAgent, by: float) -> PassivatedAgent:
+    """``record`` with its deadline (and a timer's wake time) moved by ``by`` seconds."""
+    if record.deadline is None and not isinstance(record.wake, float):
+        return record
+    deadline = None if record.deadline is None else record.deadline + by
+    wake = record.wake + by if isinstance(record.wake, float) else record.wake
+    return msgspec.structs.replace(record, deadline=deadline, wake=wake)

@@ -51,6 +51,7 @@ from avm.llm.linker import ModelLinker
 from avm.llm.prompts import PromptLibrary
 from avm.memory import (
     Content,
+    ContentError,
     ContentRef,
     ContentStore,
     GcReport,
@@ -58,6 +59,7 @@ from avm.memory import (
     MemoryStats,
     PassivatedAgent,
     collect,
+    roots_of,
 )
 from avm.memory.holds import HoldTable
 from avm.storage import open_store
@@ -246,6 +248,8 @@ class VM:
         # What each agent holds in the content store (vm.hold), released when it is deleted.
         self._held = HoldTable()
         self._orphans: dict[str, list[AgentRecord]] = {}
+        # Agents passivated by an earlier run whose definition is not registered yet.
+        self._passive_orphans: dict[str, list[PassivatedAgent]] = {}
         self._started_at = 0.0
         self._stopping = False
         # Host message ids must not repeat across VM runs: the durable inbox dedupes by id.
@@ -306,8 +310,9 @@ class VM:
                 ),
             )
             self._definitions[definition.name] = definition
-            if self._rt is not None and definition.name in self._orphans:
-                self._resume_orphans(self._rt, definition.name)
+            known = definition.name
+            if self._rt is not None and (known in self._orphans or known in self._passive_orphans):
+                self._resume_orphans(self._rt, known)
             return definition
 
         return define(fn) if fn is not None else define
@@ -411,24 +416,40 @@ class VM:
     async def _recover(self, rt: Runtime) -> None:
         """Resume every agent the last host left unfinished.
 
-        Agents whose definition is registered resume now; the others wait until one with their
-        definition's name is registered (``vm.agent``), and stay stopped if none ever is.
+        Agents the last host left passivated stay passivated: they are registered from their
+        durable records, out of RAM, and woken on demand (see :mod:`avm._core.passivation`).
+        The others are restored into RAM and replay. Agents whose definition is registered
+        resume now; the others wait until one with their definition's name is registered
+        (``vm.agent``), and stay stopped if none ever is.
         """
+        passivator = self._away()
+        for agent_id, data, first_step in await rt.store.passivated_agents():
+            passive = passivator.load(data, first_step)
+            if passive is None:
+                # Not usable: drop it, and the agent is restored like any unfinished one.
+                passivator.dropped(agent_id)
+                continue
+            self._passive_orphans.setdefault(passive.definition, []).append(passive)
         for record in await rt.store.agents_unfinished():
             self._orphans.setdefault(record.definition, []).append(record)
-        for name in list(self._orphans):
+        for name in {*self._orphans, *self._passive_orphans}:
             if name in self._definitions:
                 self._resume_orphans(rt, name)
-        if self._orphans:
-            waiting = sum(len(records) for records in self._orphans.values())
+        if self._orphans or self._passive_orphans:
+            waiting = sum(len(records) for records in self._orphans.values()) + sum(
+                len(records) for records in self._passive_orphans.values()
+            )
             log.info(
                 "%d unfinished agents wait for their definitions: %s",
                 waiting,
-                ", ".join(sorted(self._orphans)),
+                ", ".join(sorted({*self._orphans, *self._passive_orphans})),
             )
 
     def _resume_orphans(self, rt: Runtime, name: str) -> None:
         definition = self._definitions[name]
+        passivator = self._away()
+        for passive in self._passive_orphans.pop(name, []):
+            passivator.revive(passive)
         for record in self._orphans.pop(name, []):
             proc = AgentProcess(
                 record.agent_id,
@@ -460,8 +481,9 @@ class VM:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._stopping = False
+        self._passive_orphans.clear()
         if self._passivator is not None:
-            # Passivated agents keep their "running" record: the next start resumes them.
+            # Passivated agents keep their records: the next start registers them passivated.
             self._passivator.close()
             self._passivator = None
         self._held.clear()
@@ -743,7 +765,7 @@ class VM:
         if passive is not None and passive.budget is not None:
             assert self._passivator is not None
             budget = passive.budget + to_mgas(gas)
-            self._passivator.records[agent_id] = msgspec.structs.replace(passive, budget=budget)
+            self._passivator.update(msgspec.structs.replace(passive, budget=budget))
             self._runtime().store.agent_update(
                 agent_id, status="running", spent=passive.spent, budget=budget
             )
@@ -923,7 +945,10 @@ class VM:
         """The refs ``agent_id`` holds (see :meth:`hold`)."""
         record = self._passive_record(agent_id)
         if record is not None and record.memory is not None:
-            children, _ = self._content().read_links(record.memory)
+            try:
+                children, _ = self._content().read_links(record.memory)
+            except ContentError:  # a record from an earlier run whose link list was lost
+                return ()
             return children
         return self._held.refs(agent_id)
 
@@ -953,11 +978,12 @@ class VM:
         """Reclaim content that no agent holds (see :mod:`avm.memory.gc`).
 
         Roots are the holds: content agents hold with :meth:`hold`, passivated agents' saved
-        memory, and anything held through ``vm.memory`` directly. Content stored with
-        ``hold=False`` and not held since is reclaimed.
+        memory (rooted too, since a record from an earlier run holds nothing), and anything
+        held through ``vm.memory`` directly. Content stored with ``hold=False`` and not held
+        since is reclaimed.
         """
         self._runtime()
-        return collect(self._content())
+        return collect(self._content(), roots_of(list(self._away().records.values())))
 
 
 def _not_started(proc: AgentProcess, task: asyncio.Task[None]) -> None:

@@ -107,7 +107,29 @@ class StateStore(Protocol):
     async def agent_get(self, agent_id: str) -> AgentRecord | None: ...
 
     async def agents_unfinished(self) -> list[AgentRecord]:
-        """Agents whose last incarnation was running, out of gas, or stopped with the VM."""
+        """Agents whose last incarnation was running, out of gas, or stopped with the VM,
+        except those with a passivation record (see :meth:`passivated_agents`)."""
+        ...
+
+    def passivated_put(self, agent_id: str, record: bytes) -> None:
+        """Record (or replace) an agent's passivation record, with the current batch.
+
+        ``record`` is an encoded :class:`~avm.memory.PassivatedAgent` whose times are wall-clock
+        seconds. While it is there, a restarted VM registers the agent as passivated instead
+        of restoring it into RAM.
+        """
+        ...
+
+    def passivated_delete(self, agent_id: str) -> None:
+        """Drop an agent's passivation record (it was activated), with the current batch."""
+        ...
+
+    async def passivated_agents(self) -> list[tuple[str, bytes, int]]:
+        """``(agent_id, record, first_step)`` of every unfinished agent with a passivation record.
+
+        ``first_step`` is where the agent's current incarnation begins, so the caller can
+        tell a record left by an earlier incarnation (stale) from a current one.
+        """
         ...
 
     async def sync(self) -> None:

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq bigserial PRIMARY KEY, agent_id text NOT NULL, message_id text NOT NULL,
     envelope bytea NOT NULL, consumed boolean NOT NULL DEFAULT false,
     UNIQUE (agent_id, message_id));
+CREATE TABLE IF NOT EXISTS passivated (agent_id text PRIMARY KEY, record bytea NOT NULL);
 """
 
 _KV_PUT = (
@@ -100,6 +101,12 @@ _AGENT_PUT = (
 )
 _AGENT_UPDATE = "UPDATE agents SET status = $1, spent = $2, budget = $3 WHERE agent_id = $4"
 _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+_PASSIVATED_PUT = (
+    "INSERT INTO passivated(agent_id, record) VALUES ($1, $2) "
+    "ON CONFLICT (agent_id) DO UPDATE SET record = excluded.record"
+)
+_PASSIVATED_DELETE = "DELETE FROM passivated WHERE agent_id = $1"
+_UNFINISHED = "a.status IN ('running', 'out_of_gas', 'stopped')"
 # The table each statement writes. A batch's statements run grouped by table, each table's in the
 # order they were queued: statements on different tables commute (no foreign keys, one
 # transaction), and the agents' interleaving (a KV write, a journal entry, the next agent's KV
@@ -109,6 +116,7 @@ _TABLE = {
     _STATE_DELETE: "execution_state", _JOURNAL: "journal", _BLOB_PUT: "blobs",
     _SWARM_JOIN: "swarm_members", _INBOX_PUT: "inbox", _INBOX_CONSUME: "inbox",
     _AGENT_PUT: "agents", _AGENT_UPDATE: "agents",
+    _PASSIVATED_PUT: "passivated", _PASSIVATED_DELETE: "passivated",
 }  # fmt: skip
 _DELETED = object()  # overlay marker: written as deleted, not yet committed
 _KNOWN_BLOBS = 65_536  # committed blob keys remembered; past this the set starts over
@@ -471,7 +479,25 @@ class PostgresStateStore:
     async def agents_unfinished(self) -> list[AgentRecord]:
         await self._drain()
         rows = await self._pool.fetch(
-            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE status IN "
-            "('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
+            f"SELECT {_AGENT_COLUMNS} FROM agents a WHERE {_UNFINISHED} AND NOT EXISTS "
+            "(SELECT 1 FROM passivated p WHERE p.agent_id = a.agent_id) "
+            "ORDER BY created, agent_id"
         )
         return [self._agent(row) for row in rows]
+
+    # -- passivation records -------------------------------------------------------------------
+
+    def passivated_put(self, agent_id: str, record: bytes) -> None:
+        self._queue(_PASSIVATED_PUT, (agent_id, record))
+
+    def passivated_delete(self, agent_id: str) -> None:
+        self._queue(_PASSIVATED_DELETE, (agent_id,))
+
+    async def passivated_agents(self) -> list[tuple[str, bytes, int]]:
+        await self._drain()
+        rows = await self._pool.fetch(
+            "SELECT agent_id, p.record, a.first_step "
+            "FROM passivated p JOIN agents a USING (agent_id) "
+            f"WHERE {_UNFINISHED}"
+        )
+        return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]

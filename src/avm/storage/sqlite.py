@@ -124,6 +124,10 @@ CREATE TABLE IF NOT EXISTS swarm_members (
     step     INTEGER NOT NULL,
     PRIMARY KEY (agent_id, topic)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS passivated (
+    agent_id TEXT PRIMARY KEY,
+    record   BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 # The journal is appended to in rowid order, with the (agent, step) key in an index: a batch of
@@ -179,6 +183,16 @@ _AGENT_PUT = (
 )
 _AGENT_UPDATE = "UPDATE agents SET status = ?, spent = ?, budget = ? WHERE agent_id = ?"
 _AGENT_COLUMNS = "agent_id, definition, args, priority, budget, spent, status, created, first_step"
+_PASSIVATED_PUT = (
+    "INSERT INTO passivated(agent_id, record) VALUES (?, ?) "
+    "ON CONFLICT(agent_id) DO UPDATE SET record = excluded.record"
+)
+_PASSIVATED_DELETE = "DELETE FROM passivated WHERE agent_id = ?"
+# The unfinished agents a restart resumes into RAM: passivated ones stay out of it.
+_RESUMED = (
+    "a.status IN ('running', 'out_of_gas', 'stopped') "
+    "AND NOT EXISTS (SELECT 1 FROM passivated p WHERE p.agent_id = a.agent_id)"
+)
 
 # A durable batch may commit early once it holds this many journal entries and the disk thread
 # is idle: small enough that the thread starts syncing while the loop still has most of a large
@@ -208,7 +222,7 @@ sqlite3.register_adapter(EntryStatus, int)
 sqlite3.register_adapter(bytes, bytes)
 
 
-_READ_AHEAD = """
+_READ_AHEAD = f"""
 SELECT a.agent_id, a.first_step,
     (SELECT max(step) FROM journal WHERE agent_id = a.agent_id),
     (SELECT hash FROM journal WHERE agent_id = a.agent_id ORDER BY step DESC LIMIT 1),
@@ -217,7 +231,7 @@ SELECT a.agent_id, a.first_step,
     (SELECT max(step) FROM journal
         WHERE agent_id = a.agent_id AND step >= a.first_step AND status = 0
         AND op IN ('SAVE_EXECUTION_STATE', 'RESET_EXECUTION_STATE'))
-FROM agents a WHERE a.status IN ('running', 'out_of_gas', 'stopped')
+FROM agents a WHERE {_RESUMED}
 """
 
 
@@ -231,10 +245,10 @@ class _Recovering(NamedTuple):
     topics: list[tuple[str, int]]  # swarms joined, with the step of the join
 
 
-_TOPICS_AHEAD = """
-SELECT m.agent_id, m.topic, m.step FROM swarm_members m JOIN agents a USING (agent_id)
-WHERE a.status IN ('running', 'out_of_gas', 'stopped') ORDER BY m.step
-"""
+_TOPICS_AHEAD = (
+    "SELECT m.agent_id, m.topic, m.step FROM swarm_members m JOIN agents a USING (agent_id) "
+    f"WHERE {_RESUMED} ORDER BY m.step"
+)
 
 
 class _Job:
@@ -763,8 +777,7 @@ class SqliteStateStore:
         """
         self._commit_for_read()
         rows = self._db.execute(
-            f"SELECT {_AGENT_COLUMNS} FROM agents "
-            "WHERE status IN ('running', 'out_of_gas', 'stopped') ORDER BY created, agent_id"
+            f"SELECT {_AGENT_COLUMNS} FROM agents a WHERE {_RESUMED} ORDER BY created, agent_id"
         ).fetchall()
         topics: dict[str, list[tuple[str, int]]] = {}
         for agent_id, topic, step in self._db.execute(_TOPICS_AHEAD):
@@ -780,6 +793,23 @@ class SqliteStateStore:
             for r in self._db.execute(_READ_AHEAD)
         }
         return [self._agent(row) for row in rows]
+
+    # -- passivation records -------------------------------------------------------------------
+
+    def passivated_put(self, agent_id: str, record: bytes) -> None:
+        self._queue(_PASSIVATED_PUT, (agent_id, record))
+
+    def passivated_delete(self, agent_id: str) -> None:
+        self._queue(_PASSIVATED_DELETE, (agent_id,))
+
+    async def passivated_agents(self) -> list[tuple[str, bytes, int]]:
+        self._commit_for_read()
+        rows = self._db.execute(
+            "SELECT agent_id, p.record, a.first_step "
+            "FROM passivated p JOIN agents a USING (agent_id) "
+            "WHERE a.status IN ('running', 'out_of_gas', 'stopped')"
+        ).fetchall()
+        return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]
 
 
 def _run_in_order(db: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
