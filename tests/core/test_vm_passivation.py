@@ -245,3 +245,265 @@ async def test_busy_agents_are_not_passivated(make_vm: Callable[..., avm.VM]) ->
         assert await handle.result() == 50
         assert vm.passivate_idle() == 0
         assert vm.stats().passivated == 0
+
+
+# -- restarts: passivated agents stay out of RAM -------------------------------------------------
+
+
+def restarted_clock(at: float, *, autojump: bool = False) -> MockClock:
+    """A fresh clock ``at`` seconds after the first VM's clock started (in wall time too)."""
+    return MockClock(start=at, wall_start=1_700_000_000.0 + at, autojump=autojump)
+
+
+async def test_a_restart_keeps_passivated_agents_out_of_ram_until_a_message_wakes_each(
+    make_vm: Callable[..., avm.VM], backend: str, tmp_path: Path, state_sql: Any
+) -> None:
+    agents = 5
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        handles = [vm.spawn("receiver", agent_id=f"r{i}", rounds=2) for i in range(agents)]
+        await passivated(vm, *handles)
+    assert len(await state_sql("SELECT agent_id FROM passivated")) == agents
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        await vm.recovered()
+        stats = vm.stats()
+        assert (stats.passivated, stats.resident) == (agents, 0)
+        assert stats.waiting["message"] == agents
+        assert not any(tasks_of(f"r{i}") for i in range(agents))
+        assert all(vm.handle(f"r{i}").passivated for i in range(agents))
+        assert vm.handle("r0").step == 2  # its record answers: no replay was needed for that
+        for i in range(agents):
+            await vm.handle(f"r{i}").post(f"one {i}")
+        for i in range(agents):
+            await vm.handle(f"r{i}").post(f"two {i}")
+        for i in range(agents):
+            assert await vm.handle(f"r{i}").result() == [f"one {i}", f"two {i}"]
+        assert vm.stats().passivated == 0
+    assert await state_sql("SELECT agent_id FROM passivated") == []
+    if backend == "sqlite":
+        async with make(make_vm, passivate=False, state_dir=tmp_path / "plain") as plain:
+            other = plain.spawn(plain.agent(name="receiver")(receiver), agent_id="r0", rounds=2)
+            await wait_until(lambda: other.wait_reason is avm.WaitReason.MESSAGE)
+            await other.post("one 0")
+            await other.post("two 0")
+            assert await other.result() == ["one 0", "two 0"]
+        passive = journal_of("r0", tmp_path / "state")
+        assert passive == journal_of("r0", tmp_path / "plain")
+        assert all(row[-1] == 0 for row in passive)  # no AFTER_CRASH flags
+
+
+async def test_a_reply_wakes_an_agent_passivated_before_a_restart(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    async def asker(ctx: Context) -> Any:
+        task_id = await ctx.swarm_broadcast("questions", "what is 6 x 7?")
+        return await ctx.wait_for_response(task_id)
+
+    async def answerer(ctx: Context) -> str:
+        await ctx.swarm_connect("questions")
+        question = await ctx.receive()
+        await ctx.receive()  # the host's go-ahead
+        await ctx.reply(question, 42)
+        return str(question.data)
+
+    def define(vm: avm.VM) -> None:
+        vm.agent(name="asker")(asker)
+        vm.agent(name="answerer")(answerer)
+
+    async with make(make_vm) as vm:
+        define(vm)
+        answering = vm.spawn("answerer", agent_id="b")
+        await wait_until(lambda: answering.wait_reason is avm.WaitReason.MESSAGE)
+        asking = vm.spawn("asker", agent_id="a")
+        await passivated(vm, asking, answering)
+    async with make(make_vm) as vm:
+        define(vm)
+        await vm.recovered()
+        assert vm.stats().passivated == 2
+        assert not tasks_of("a")
+        assert not tasks_of("b")
+        await vm.handle("b").post("go")
+        assert await vm.handle("b").result() == "what is 6 x 7?"
+        assert await vm.handle("a").result() == 42
+
+
+async def test_a_deadline_reached_after_a_restart_wakes_the_agent_then(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    clock = MockClock()
+    async with make(make_vm, clock=clock) as vm:
+        handle = vm.spawn(vm.agent(name="sleeper")(sleeper), agent_id="s")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
+        clock.advance(2 * AFTER_S)
+        await passivated(vm, handle)
+    clock = restarted_clock(80.0)  # 20 s before the deadline the agent had
+    async with make(make_vm, clock=clock) as vm:
+        vm.agent(name="sleeper")(sleeper)
+        await vm.recovered()
+        assert vm.handle("s").passivated
+        assert not tasks_of("s")
+        assert vm.stats().waiting["timer"] == 1
+        clock.advance(20.0)  # the deadline: it comes back and re-issues its WAIT...
+        await wait_until(
+            lambda: vm.handle("s").state is avm.AgentState.WAITING and bool(tasks_of("s"))
+        )
+        clock.advance(0.0)  # ...which ends at the deadline it had, which has come
+        before, after = await vm.handle("s").result()
+    assert after - before == pytest.approx(100.0)  # its own deadline, not a fresh 100 s
+
+
+async def test_a_deadline_passed_while_no_vm_ran_wakes_the_agent_at_start(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    clock = MockClock()
+    async with make(make_vm, clock=clock) as vm:
+        handle = vm.spawn(vm.agent(name="sleeper")(sleeper), agent_id="s")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
+        clock.advance(2 * AFTER_S)
+        await passivated(vm, handle)
+    clock = restarted_clock(250.0)
+    async with make(make_vm, clock=clock) as vm:
+        vm.agent(name="sleeper")(sleeper)
+        await vm.recovered()
+        # No time passes from here on: the timers due are those due at start.
+        clock.advance(0.0)
+        assert not vm.handle("s").passivated
+        await wait_until(
+            lambda: vm.handle("s").state is avm.AgentState.WAITING and bool(tasks_of("s"))
+        )
+        clock.advance(0.0)
+        before, after = await vm.handle("s").result()
+    assert after - before == pytest.approx(250.0)  # woken as the VM started, not 100 s later
+
+
+async def test_an_agent_woken_before_a_restart_is_restored_not_passivated(
+    make_vm: Callable[..., avm.VM], state_sql: Any
+) -> None:
+    clock = MockClock()  # never advanced: nothing passivates unless asked to
+    async with make(make_vm, clock=clock) as vm:
+        handle = vm.spawn(vm.agent(name="receiver")(receiver), agent_id="w", rounds=2)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        assert vm.passivate("w")
+        await passivated(vm, handle)
+        await handle.post("one")  # wakes it: it takes the message and waits for the next
+        await wait_until(lambda: handle.step >= 4 and handle.wait_reason is avm.WaitReason.MESSAGE)
+        assert not handle.passivated
+    assert await state_sql("SELECT agent_id FROM passivated") == []
+    async with make(make_vm, clock=MockClock()) as vm:
+        vm.agent(name="receiver")(receiver)
+        await vm.recovered()
+        assert not vm.handle("w").passivated
+        assert tasks_of("w")
+        assert vm.stats().passivated == 0
+        await vm.handle("w").post("two")
+        assert await vm.handle("w").result() == ["one", "two"]
+
+
+async def test_a_top_up_of_a_passivated_agent_survives_a_restart(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    async with make(make_vm) as vm:
+        handle = vm.spawn(vm.agent(name="receiver", budget=100.0)(receiver), agent_id="t", rounds=1)
+        await passivated(vm, handle)
+        handle.top_up(50.0)
+        budget = handle.gas_budget
+    assert budget is not None
+    assert budget > 100.0
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver", budget=100.0)(receiver)
+        await vm.recovered()
+        assert vm.handle("t").passivated
+        assert vm.handle("t").gas_budget == budget
+        await vm.handle("t").post("x")
+        assert await vm.handle("t").result() == ["x"]
+
+
+async def test_a_stale_or_unreadable_record_is_dropped_and_the_agent_restored(
+    make_vm: Callable[..., avm.VM], state_sql: Any
+) -> None:
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        handles = [vm.spawn("receiver", agent_id=f"r{i}", rounds=1) for i in range(2)]
+        await passivated(vm, *handles)
+    await state_sql(
+        "UPDATE passivated SET record = ? WHERE agent_id = ?", b"\xc1 not msgpack", "r0"
+    )
+    await state_sql("UPDATE agents SET first_step = 99 WHERE agent_id = ?", "r1")
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        await vm.recovered()
+        assert vm.stats().passivated == 0
+        assert not vm.handle("r0").passivated
+        await vm.handle("r0").post("x")
+        assert await vm.handle("r0").result() == ["x"]
+    assert await state_sql("SELECT agent_id FROM passivated") == []
+
+
+async def test_a_passivated_agent_whose_definition_comes_late_is_revived_then(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    async with make(make_vm) as vm:
+        handle = vm.spawn(vm.agent(name="receiver")(receiver), agent_id="late", rounds=1)
+        await passivated(vm, handle)
+    async with make(make_vm) as vm:
+        await vm.recovered()
+        with pytest.raises(avm.UnknownAgent):
+            vm.handle("late")
+        vm.agent(name="receiver")(receiver)
+        assert vm.handle("late").passivated
+        assert not tasks_of("late")
+        await vm.handle("late").post("x")
+        assert await vm.handle("late").result() == ["x"]
+
+
+async def test_held_content_of_a_passivated_agent_across_a_restart(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    async def holder(ctx: Context, text: str) -> str:
+        await ctx.kv_store("started", True)
+        envelope = await ctx.receive()
+        return f"{text}/{envelope.data}"
+
+    async with make(make_vm, clock=MockClock()) as vm:  # passivated when the test says
+        handle = vm.spawn(vm.agent(name="holder")(holder), agent_id="h", text="t")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        ref = vm.hold("h", b"only h holds this" * 100)
+        other = vm.hold("h", b"and this" * 100)
+        assert vm.passivate("h")
+        await passivated(vm, handle)
+    async with make(make_vm) as vm:
+        vm.agent(name="holder")(holder)
+        await vm.recovered()
+        assert set(vm.held("h")) == {ref, other}
+        vm.collect()  # the record is a root: its content stays while the agent is away
+        assert vm.memory is not None
+        assert ref in vm.memory
+        await vm.handle("h").post("x")
+        assert await vm.handle("h").result() == "t/x"
+        assert set(vm.held("h")) == {ref, other}
+        assert vm.memory.holds(ref) == 1  # held again, once
+        await vm.delete("h")
+        assert vm.memory.holds(ref) == 0
+
+
+async def test_a_lost_held_list_does_not_stop_a_passivated_agent_after_a_restart(
+    make_vm: Callable[..., avm.VM], tmp_path: Path
+) -> None:
+    async with make(make_vm, clock=MockClock()) as vm:
+        handle = vm.spawn(vm.agent(name="receiver")(receiver), agent_id="r", rounds=1)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        vm.hold("r", b"gone with the crash" * 100)
+        assert vm.passivate("r")
+        await passivated(vm, handle)
+    with sqlite3.connect(tmp_path / "state" / "content.db") as db:
+        db.execute("DELETE FROM content")  # the cold tier lost what the state store kept
+    db.close()
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        await vm.recovered()
+        assert vm.handle("r").passivated
+        assert vm.held("r") == ()
+        await vm.handle("r").post("x")
+        assert await vm.handle("r").result() == ["x"]
+        assert vm.held("r") == ()
