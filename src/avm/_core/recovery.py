@@ -9,6 +9,11 @@ then re-runs from its entry point (see :mod:`avm._core.replay`).
 
 Live execution waits behind a gate until every recovering agent has replayed up to its live
 frontier, so no agent acts on a swarm whose members have not re-joined it yet.
+
+Agents the last host left passivated are not restored here: the VM registers them from their
+passivation records (see :mod:`avm._core.passivation`), their swarm memberships included, and
+they never hold the gate. One woken while the gate is closed replays without holding it, and
+its first live instruction waits behind it like any other.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class PassivatedAgent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     active again and holds that content itself.
 
     The VM's own records fill the rest: ``deadline`` is when the wait ends by itself (a timer,
-    or a message wait's timeout); ``priority``, ``budget`` and ``spent`` (milligas) answer for
+    or a message wait's timeout; in RAM on the VM's timer clock, in the state store as wall-clock
+    seconds, like a timer's ``wake``); ``priority``, ``budget`` and ``spent`` (milligas) answer for
     the agent while it is out of RAM; ``topics`` and ``schedules`` are the swarm memberships
     and schedule grids it had, which replay from a checkpoint would not re-create.
     """

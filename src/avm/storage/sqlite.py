@@ -3,13 +3,14 @@
 Writes never touch the database when they are made. A KV or execution-state write goes into an
 overlay (the latest value per key, or a deletion), a journal entry into a list, a blob into a
 map by key (unless this store already wrote that key), anything else (inbox, swarm membership,
-agent records) into a queue of statements; every agent's writes pile up there until the
-batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``) on the
-event loop's connection. Reads see their own writes: KV and state reads look in the overlay
-first, journal heads in the newest entry per agent of the batch, blobs in the batch's map,
-inbox deduplication in the set of messages queued; the rarer reads of whole histories (entries,
-gas totals, checkpoints, inbox contents, swarm memberships, agent records) commit the batch
-first. So the loop only holds a write transaction
+agent and passivation records) into a queue of statements; every agent's writes pile up there
+until the batch commits in one transaction (``BEGIN``, one ``executemany`` per kind, ``COMMIT``)
+on the event loop's connection. Reads see their own writes: KV and state reads look in the
+overlay first, journal heads in the newest entry per agent of the batch, blobs in the batch's
+map, inbox deduplication in the set of messages queued; the rarer reads of whole histories
+(entries, gas totals, checkpoints, inbox contents, swarm memberships, agent records) commit the
+batch first.
+So the loop only holds a write transaction
 inside a commit, and nothing is half-written when it yields. For a recovery,
 ``agents_unfinished()`` reads the journal head, gas total and last checkpoint of every agent it
 returns in one statement, since restoring each of them asks for exactly those next.
