@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from avm._core.host.models import MapItem, ModelInfo, tool_specs
-from avm._core.interpreter import execute
+from avm._core.interpreter import instruction
 from avm._core.isa import Op
 from avm.errors import VMStateError
 from avm.llm.chat import Chat
@@ -48,10 +48,11 @@ class Context:
         return self._proc.step
 
     def _x(self, op: Op, *args: Any) -> Coroutine[Any, Any, Any]:
-        # The pipeline's own coroutine, not a wrapper awaiting it: every agent parked in an
+        # The pipeline's own awaitable, not a wrapper awaiting it: every agent parked in an
         # instruction keeps its chain of suspended frames in RAM, and a frame here would add
-        # ~300 bytes to each of them. The waiting instructions below return it as it is too.
-        return execute(self._rt, self._proc, op, args)
+        # ~300 bytes to each of them. The waiting instructions below return it as it is too;
+        # for them it is a WaitingInstruction, which parks with no frame at all.
+        return instruction(self._rt, self._proc, op, args)
 
     # -- time & tasks ------------------------------------------------------------------------
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, NoReturn
 
 from avm._core.gas import to_gas
-from avm._core.host import Host, NeedsGas, free, hosts, passthrough
+from avm._core.host import Host, NeedsGas, WaitHost, free, hosts, passthrough
 from avm._core.isa import INSTRUCTIONS, Effect, InstructionSpec, Op, Param
 from avm._core.journal import (
     PAYLOAD_THRESHOLD,
@@ -49,9 +49,10 @@ from avm._core.process import AgentProcess
 from avm._core.replay import replay
 from avm._core.runtime import Runtime
 from avm._core.states import AgentState, WaitReason
+from avm._core.timers import Timer
 from avm.errors import InstructionError, NotAvailable
 
-__all__ = ["execute"]
+__all__ = ["WaitingInstruction", "execute", "instruction"]
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,13 @@ class _Plan:
         "digest",
         "is_read",
         "name",
+        "op",
         "perform",
         "prepare",
         "reserve",
         "synced",
         "validate",
+        "waits",
         "waits_on",
     )
 
@@ -133,18 +136,28 @@ class _Plan:
             if spec.available:
                 raise RuntimeError(f"{spec.op} is marked available but has no host function")
             host = _UNAVAILABLE  # never reached: the pipeline refuses the opcode first
+        self.op = spec.op
         self.available = spec.available
         self.name = spec.op.value  # Enum.value is a Python-level property: read it once here
         self.digest = args_digester(self.name)
         self.validate = _validator(spec)
-        self.prepare: Callable[[Runtime, AgentProcess, tuple[Any, ...]], Any] = host.prepare
         self.reserve: Callable[[Runtime, AgentProcess, Any], int] = host.reserve
+        self.waits: WaitHost | None = None
+        if isinstance(host, WaitHost):
+            if spec.waits_on is None:
+                raise RuntimeError(f"{spec.op} has a wait host but waits on nothing")
+            self.waits = host
+            host = Host(passthrough, host.reserve, _not_performed)
+        self.prepare: Callable[[Runtime, AgentProcess, tuple[Any, ...]], Any] = host.prepare
         self.perform: Callable[[Runtime, AgentProcess, Any, int], Awaitable[tuple[Any, int]]] = (
             host.perform
         )
         self.waits_on = spec.waits_on
         self.is_read = spec.effect is Effect.READ
         self.synced = spec.effect is Effect.STATE or spec.effect is Effect.EXTERNAL
+        if self.waits is not None and self.synced:
+            # A waiting instruction's end (_complete) does not wait for a durable journal.
+            raise RuntimeError(f"{spec.op} has a wait host but its entry must be synced")
 
 
 async def _not_performed(rt: Runtime, proc: AgentProcess, prepared: Any, step: int) -> Any:
@@ -156,11 +169,28 @@ _UNAVAILABLE = Host(passthrough, free, _not_performed)
 _PLANS = {op: _Plan(spec) for op, spec in INSTRUCTIONS.items()}
 
 
+def instruction(
+    rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
+) -> Coroutine[Any, Any, Any]:
+    """What an agent awaits to run one instruction: a waiting instruction parks frameless.
+
+    This is what ``ctx`` methods return. Awaiting it is the same as awaiting :func:`execute`,
+    but a waiting instruction (:class:`WaitingInstruction`) keeps no coroutine frame of the
+    pipeline alive while the agent is parked in it.
+    """
+    plan = _PLANS[op]
+    if plan.waits is not None:
+        return WaitingInstruction(rt, proc, plan, args)
+    return execute(rt, proc, op, args)
+
+
 async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]) -> Any:
     """Run one instruction for ``proc`` and return its result."""
     if proc.replay is not None or proc.resume_state is not None:
         return replay(rt, proc, op, args)
     plan = _PLANS[op]
+    if plan.waits is not None:
+        return await WaitingInstruction(rt, proc, plan, args)
     step = proc.step
     proc.step = step + 1
     if rt.recovery.closed or proc.recovered_step == step:
@@ -209,21 +239,13 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         encoded = _NIL if result is None else encode_value(result)
     except InstructionError as err:
         gas.release(reserved)
-        err.locate(proc.id, op, step)
-        error = {"error": type(err).__name__, "message": err.message}
-        wall = rt.timers.clock.wall()
-        _journal(rt, proc, step, plan, args, _ERROR, encode_value(error), 0, wall)
+        _journal_error(rt, proc, step, plan, args, err)
         await _resume(rt, proc, suspended=False)
         raise
     except BaseException:
         gas.release(reserved)
         raise
-    clock = rt.timers.clock
-    rt.instructions.record(clock.monotonic())
-    wall = clock.wall()
-    if cost:
-        rt.ledger.charge(op, cost, wall)
-    _journal(rt, proc, step, plan, args, _OK, encoded, cost, wall)
+    _journal_ok(rt, proc, step, plan, args, encoded, cost)
     store = rt.store
     if plan.synced and store.durability == "durable":
         if proc.holds_slot:
@@ -242,6 +264,37 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
     else:
         await _resume(rt, proc, suspended=False)
     return result
+
+
+def _journal_ok(
+    rt: Runtime,
+    proc: AgentProcess,
+    step: int,
+    plan: _Plan,
+    args: tuple[Any, ...],
+    encoded: bytes,
+    cost: int,
+) -> None:
+    clock = rt.timers.clock
+    rt.instructions.record(clock.monotonic())
+    wall = clock.wall()
+    if cost:
+        rt.ledger.charge(plan.op, cost, wall)
+    _journal(rt, proc, step, plan, args, _OK, encoded, cost, wall)
+
+
+def _journal_error(
+    rt: Runtime,
+    proc: AgentProcess,
+    step: int,
+    plan: _Plan,
+    args: tuple[Any, ...],
+    err: InstructionError,
+) -> None:
+    err.locate(proc.id, plan.op, step)
+    error = {"error": type(err).__name__, "message": err.message}
+    wall = rt.timers.clock.wall()
+    _journal(rt, proc, step, plan, args, _ERROR, encode_value(error), 0, wall)
 
 
 def _journal(
@@ -375,3 +428,251 @@ async def _resume(rt: Runtime, proc: AgentProcess, *, suspended: bool) -> None:
     proc.holds_slot = True
     if proc.state is not _RUNNING or proc.wait_reason is not None:
         scheduler.move(proc, _RUNNING)
+
+
+# -- waiting instructions ----------------------------------------------------------------------
+
+_PARKED: Any = object()  # what _enter returns once the wait is armed
+_TIMER = WaitReason.TIMER
+
+
+class WaitingInstruction(Generator[Any, Any, Any], Coroutine[Any, Any, Any]):
+    """A waiting instruction in progress (WAIT, SCHEDULE_TASK, WAIT_FOR_RESPONSE, SWARM_WAIT).
+
+    An agent spends most of its life parked in one of these, so the pipeline runs around the
+    wait, not through it::
+
+        send ─► _enter (a coroutine, gone when it returns): replay · step · recovery gate ·
+          │       slot · validate · reserve gas ─► host.arm
+          │                    │ result at once            │ armed: future set
+          │                    ▼                           ▼
+          │                _complete ◄── host.finish ◄── PARKED: the task awaits ``future``
+          │                    │        (host.interrupt      through this object alone
+          │                    ▼         on a throw/close)
+          └─ StopIteration ◄── settle · journal · resume
+
+    While the agent is parked, its coroutine awaits this object and this object holds the
+    future: no frame of the pipeline, the host function or the bus is alive, only these slots
+    (the host's arm fills ``future``, ``timer`` and ``target``). The parts before and after the
+    wait run in the agent's task exactly where :func:`execute` runs them, so gas, journal
+    entries and their order, timeouts and cancellation are the same; the parts that may suspend
+    (the recovery gate, an out-of-gas park, taking a run slot back) run as short-lived
+    coroutines this object drives.
+
+    It is a coroutine to asyncio (``create_task`` and ``gather`` accept it), and passivation
+    finds the wait with :meth:`parked`.
+    """
+
+    __slots__ = (
+        "_args",
+        "_inner",
+        "_plan",
+        "_proc",
+        "_reserved",
+        "_rt",
+        "_step",
+        "future",
+        "target",
+        "timer",
+    )
+
+    future: asyncio.Future[Any] | None
+    timer: Timer | None
+    target: Any
+
+    def __init__(self, rt: Runtime, proc: AgentProcess, plan: _Plan, args: tuple[Any, ...]) -> None:
+        self._rt = rt
+        self._proc = proc
+        self._plan = plan
+        self._args = args
+        self._step = _NOT_STARTED
+        self._reserved = 0
+        self._inner: Coroutine[Any, Any, Any] | None = None
+        self.future = None
+        self.timer = None
+        self.target = None
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __iter__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        inner = self._inner
+        if inner is not None:
+            return self._drive(inner.send, value)
+        future = self.future
+        if future is not None:
+            if not future.done():  # resumed before its future completed: keep waiting
+                future._asyncio_future_blocking = True
+                return future
+            inner = self._inner = self._woken(None)
+            return self._drive(inner.send, None)
+        if self._step != _NOT_STARTED:
+            raise RuntimeError(f"{self._plan.name} was already awaited")
+        self._step = _ENDED
+        inner = self._inner = _enter(self)
+        return self._drive(inner.send, None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        exc = typ if val is None and isinstance(typ, BaseException) else (val or typ())
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        inner = self._inner
+        if inner is not None:
+            return self._drive(inner.throw, exc)
+        if self.future is not None:
+            inner = self._inner = self._woken(exc)
+            return self._drive(inner.send, None)
+        self._step = _ENDED
+        raise exc
+
+    def close(self) -> None:
+        inner = self._inner
+        self._inner = None
+        self._step = _ENDED
+        if inner is not None:
+            inner.close()
+        elif self.future is not None:
+            self.future = None
+            waits = self._plan.waits
+            assert waits is not None
+            waits.interrupt(self._rt, self._proc, self._args, self, GeneratorExit())
+            self._proc.gas.release(self._reserved)
+
+    def parked(self) -> tuple[bool, float | None, str | None] | None:
+        """The wait the agent is parked in: (a timer?, its deadline, the task whose replies it
+        waits for); None unless it is parked on a future that has not completed."""
+        future = self.future
+        if future is None or future.done() or self._inner is not None:
+            return None
+        timer = self.timer
+        deadline = None if timer is None else timer.deadline
+        if self._plan.waits_on is _TIMER:
+            return True, deadline, None
+        task_id = self._args[0]
+        return False, deadline, None if task_id is None else str(task_id)
+
+    def _drive(self, step: Callable[[Any], Any], value: Any) -> Any:
+        """Advance the inner coroutine; park on the future when it has armed the wait."""
+        try:
+            yielded = step(value)
+        except StopIteration as stop:
+            self._inner = None
+            if stop.value is not _PARKED:
+                raise
+            future = self.future
+            assert future is not None
+            future._asyncio_future_blocking = True
+            return future
+        except BaseException:
+            self._inner = None
+            raise
+        return yielded
+
+    def _woken(self, exc: BaseException | None) -> Coroutine[Any, Any, Any]:
+        """The rest of the pipeline once the wait ended: with ``exc`` if it was thrown into."""
+        self.future = None
+        rt, proc, plan, args = self._rt, self._proc, self._plan, self._args
+        waits = plan.waits
+        assert waits is not None
+        reserved = self._reserved
+        try:
+            if exc is None:
+                result, cost = waits.finish(rt, proc, args, self)
+            else:
+                raise waits.interrupt(rt, proc, args, self, exc)
+        except InstructionError as err:
+            proc.gas.release(reserved)
+            return _failed(rt, proc, self._step, plan, args, err)
+        except BaseException:
+            proc.gas.release(reserved)
+            raise
+        return _complete(rt, proc, self._step, plan, args, reserved, result, cost)
+
+
+_NOT_STARTED = -1
+_ENDED = -2  # started (the real step is set once the agent has one) or over
+
+
+async def _enter(w: WaitingInstruction) -> Any:
+    """The pipeline up to the armed wait: the result if there was nothing to wait for, else
+    _PARKED with the wait armed in ``w``."""
+    rt, proc, plan, args = w._rt, w._proc, w._plan, w._args
+    if proc.replay is not None or proc.resume_state is not None:
+        return replay(rt, proc, plan.op, args)
+    waits = plan.waits
+    assert waits is not None
+    step = proc.step
+    proc.step = step + 1
+    w._step = step
+    if rt.recovery.closed or proc.recovered_step == step:
+        await _wait_for_recovery(rt, proc)
+    scheduler = rt.scheduler
+    if proc.holds_slot:
+        proc.holds_slot = False
+        scheduler.release()
+    gas = proc.gas
+    reserved = 0
+    try:
+        if not plan.available:
+            raise NotAvailable(f"{plan.op} is not available yet in this version of AVM")
+        plan.validate(args)
+        # An unlimited budget needs no reservation: nothing can be refused.
+        while gas.budget is not None:
+            reserved = waits.reserve(rt, proc, args)
+            if gas.reserve(reserved):
+                break
+            await _park_out_of_gas(rt, proc, reserved)
+        scheduler.move(proc, _WAITING, plan.waits_on)
+        done = waits.arm(rt, proc, args, step, w)
+    except InstructionError as err:
+        gas.release(reserved)
+        return await _failed(rt, proc, step, plan, args, err)
+    except BaseException:
+        gas.release(reserved)
+        raise
+    if done is None:
+        w._reserved = reserved
+        return _PARKED
+    result, cost = done
+    return await _complete(rt, proc, step, plan, args, reserved, result, cost)
+
+
+async def _complete(
+    rt: Runtime,
+    proc: AgentProcess,
+    step: int,
+    plan: _Plan,
+    args: tuple[Any, ...],
+    reserved: int,
+    result: Any,
+    cost: int,
+) -> Any:
+    """A waiting instruction's end: settle, journal, take a run slot back, return."""
+    proc.gas.settle(reserved, cost)
+    try:
+        encoded = _NIL if result is None else encode_value(result)
+    except InstructionError as err:
+        return await _failed(rt, proc, step, plan, args, err)
+    _journal_ok(rt, proc, step, plan, args, encoded, cost)
+    await _resume(rt, proc, suspended=False)
+    return result
+
+
+async def _failed(
+    rt: Runtime,
+    proc: AgentProcess,
+    step: int,
+    plan: _Plan,
+    args: tuple[Any, ...],
+    err: InstructionError,
+) -> NoReturn:
+    """A waiting instruction's failure: journal it, take a run slot back, raise."""
+    _journal_error(rt, proc, step, plan, args, err)
+    await _resume(rt, proc, suspended=False)
+    raise err

@@ -13,6 +13,7 @@ it had before, so a ``WAIT(60)`` woken after 60 s does not wait another 60.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
@@ -91,11 +92,22 @@ class TimerService:
         # proc.step is one past the instruction being performed.
         return kept if proc.step == step + 1 else deadline
 
-    async def sleep_until(self, deadline: float) -> None:
+    def arm_sleep(self, deadline: float) -> tuple[asyncio.Future[None], Timer] | None:
+        """A future the timer service completes at ``deadline``, and its timer; None if due.
+
+        This is :meth:`sleep_until` without its frame: a waiting instruction parks on the
+        future itself, and cancels the timer (``timer.cancel()``) if it stops waiting early.
+        """
         if deadline <= self.clock.monotonic():
-            return
+            return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        timer = self.call_at(deadline, lambda: _wake(future))
+        return future, self.call_at(deadline, functools.partial(_wake, future))
+
+    async def sleep_until(self, deadline: float) -> None:
+        armed = self.arm_sleep(deadline)
+        if armed is None:
+            return
+        future, timer = armed
         try:
             await future
         finally:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
-from avm._core.timers import TimerService
+from avm._core.timers import Timer, TimerService
 from avm.errors import NotFound, SwarmError, SwarmTimeout
 from avm.swarm.mailbox import Envelope, Mailbox
 
@@ -160,28 +161,61 @@ class SwarmBus:
 
     async def wait_replies(self, task_id: str, k: int, timeout_s: float | None) -> list[Envelope]:
         """Wait for ``k`` replies to ``task_id``; raise SwarmTimeout with how many came."""
+        taken = self.replies_ready(task_id, k)
+        if taken is not None:
+            return taken
+        slot, waiter, timer = self.arm_replies(task_id, k, timeout_s)
+        try:
+            await waiter
+        except _Expired:
+            raise self.replies_timeout(task_id, slot, k, timeout_s) from None
+        finally:
+            self.disarm_replies(slot, timer)
+        return self.take_replies(task_id, slot, k)
+
+    # The wait for replies in parts, for a waiting instruction that parks on the future itself
+    # (see avm._core.interpreter): ready → arm → (the waiter completes) → disarm → take.
+
+    def replies_ready(self, task_id: str, k: int) -> list[Envelope] | None:
+        """The first ``k`` replies to ``task_id``, taken, if they have all come; else None."""
         slot = self._slot(task_id)
         if len(slot.replies) < k:
-            if slot.waiter is not None:
-                raise SwarmError(f"someone is already waiting for replies to task {task_id!r}")
-            slot.k = k
-            waiter = slot.waiter = asyncio.get_running_loop().create_future()
-            timer = None
-            if timeout_s is not None:
-                timer = self._timers.call_at(
-                    self._timers.now() + timeout_s, lambda: _expire(waiter)
-                )
-            try:
-                await waiter
-            except _Expired:
-                got = len(slot.replies)
-                raise SwarmTimeout(
-                    f"task {task_id!r}: {got} of {k} replies within {timeout_s} s"
-                ) from None
-            finally:
-                slot.waiter = None
-                if timer is not None:
-                    timer.cancel()
+            return None
+        return self.take_replies(task_id, slot, k)
+
+    def arm_replies(
+        self, task_id: str, k: int, timeout_s: float | None
+    ) -> tuple[_ReplySlot, asyncio.Future[None], Timer | None]:
+        """Wait for ``k`` replies: the slot, the future they complete, and the timeout's timer.
+
+        The future fails with the bus's expiry exception at the timeout; pass it to
+        :meth:`replies_timeout`.
+        """
+        slot = self._slot(task_id)
+        if slot.waiter is not None:
+            raise SwarmError(f"someone is already waiting for replies to task {task_id!r}")
+        slot.k = k
+        waiter = slot.waiter = asyncio.get_running_loop().create_future()
+        timer = None
+        if timeout_s is not None:
+            timer = self._timers.call_at(self._timers.now() + timeout_s, partial(_expire, waiter))
+        return slot, waiter, timer
+
+    @staticmethod
+    def disarm_replies(slot: _ReplySlot, timer: Timer | None) -> None:
+        slot.waiter = None
+        if timer is not None:
+            timer.cancel()
+
+    @staticmethod
+    def replies_timeout(
+        task_id: str, slot: _ReplySlot, k: int, timeout_s: float | None
+    ) -> SwarmTimeout:
+        got = len(slot.replies)
+        return SwarmTimeout(f"task {task_id!r}: {got} of {k} replies within {timeout_s} s")
+
+    def take_replies(self, task_id: str, slot: _ReplySlot, k: int) -> list[Envelope]:
+        """Take the first ``k`` replies of ``slot`` (they have come) and forget the slot."""
         self._drop(task_id)
         taken = slot.replies[:k]
         if self._log is not None:
@@ -202,6 +236,28 @@ class SwarmBus:
 
     async def receive(self, owner: str, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
         """Take the next message from ``owner``'s mailbox, waiting up to ``timeout_s``."""
+        envelope = self.receive_ready(owner, mailbox, timeout_s)
+        if envelope is not None:
+            return envelope
+        getter, timer = self.arm_receive(mailbox, timeout_s)
+        try:
+            await getter
+        except _Expired:
+            raise self.receive_timeout(timeout_s) from None
+        finally:
+            self.disarm_receive(mailbox, timer)
+        return self.take(owner, mailbox)
+
+    # The receive in parts, for a waiting instruction that parks on the getter itself (see
+    # avm._core.interpreter): ready → arm → (the getter completes) → disarm → take.
+
+    def receive_ready(
+        self, owner: str, mailbox: Mailbox, timeout_s: float | None
+    ) -> Envelope | None:
+        """The next message, taken, if one is there; None if the receive must wait.
+
+        Raises SwarmTimeout when there is none and ``timeout_s`` allows no wait.
+        """
         envelope = mailbox.get_nowait()
         if envelope is not None:
             if self._log is not None:
@@ -209,23 +265,44 @@ class SwarmBus:
             return envelope
         if timeout_s is not None and timeout_s <= 0:
             raise SwarmTimeout("no message waiting")
+        return None
+
+    def arm_receive(
+        self, mailbox: Mailbox, timeout_s: float | None
+    ) -> tuple[asyncio.Future[None], Timer | None]:
+        """The future the next message completes, and the timer that expires it.
+
+        The future fails with the bus's expiry exception at the timeout; pass it to
+        :meth:`receive_timeout`.
+        """
         getter = mailbox.arm_getter()
         timer = None
         if timeout_s is not None:
-            timer = self._timers.call_at(self._timers.now() + timeout_s, lambda: _expire(getter))
-        try:
-            await getter
-        except _Expired:
-            raise SwarmTimeout(f"no message within {timeout_s} s") from None
-        finally:
-            mailbox.disarm_getter()
-            if timer is not None:
-                timer.cancel()
+            timer = self._timers.call_at(self._timers.now() + timeout_s, partial(_expire, getter))
+        return getter, timer
+
+    @staticmethod
+    def disarm_receive(mailbox: Mailbox, timer: Timer | None) -> None:
+        mailbox.disarm_getter()
+        if timer is not None:
+            timer.cancel()
+
+    @staticmethod
+    def receive_timeout(timeout_s: float | None) -> SwarmTimeout:
+        return SwarmTimeout(f"no message within {timeout_s} s")
+
+    def take(self, owner: str, mailbox: Mailbox) -> Envelope:
+        """Take the message whose arrival completed the getter."""
         envelope = mailbox.get_nowait()
         assert envelope is not None
         if self._log is not None:
             self._log.consumed(owner, envelope)
         return envelope
+
+    @staticmethod
+    def expired(exc: BaseException) -> bool:
+        """True if ``exc`` is what an armed wait's future fails with at its timeout."""
+        return isinstance(exc, _Expired)
 
 
 class _Expired(Exception):

@@ -1,4 +1,4 @@
-"""Swarm messaging: SWARM_CONNECT, SWARM_FETCH, SWARM_BROADCAST, SWARM_WAIT.
+"""Swarm messaging: SWARM_CONNECT, SWARM_FETCH, SWARM_BROADCAST, SWARM_WAIT (a wait host).
 
 Task ids are derived from (agent, step) or (agent, request id), never from a counter or clock,
 so that the same agent code names the same tasks when it is replayed.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from avm._core.gas import to_mgas
-from avm._core.host import Host, flat, passthrough
+from avm._core.host import Host, Parking, WaitHost, flat, free, passthrough
 from avm._core.isa import Op
 from avm._core.process import AgentProcess
 from avm._core.runtime import Runtime
@@ -75,11 +75,82 @@ async def _broadcast(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], ste
     return task_id, 0
 
 
-async def _wait(rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int) -> Any:
+def _arm_wait(
+    rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], step: int, parking: Parking
+) -> tuple[Any, int] | None:
     task_id, k, timeout_s = args
-    if task_id is None:
-        return await rt.bus.receive(proc.id, mailbox_of(rt, proc), timeout_s), 0
-    return await rt.bus.wait_replies(task_id, k or 1, timeout_s), 0
+    bus = rt.bus
+    if task_id is not None:
+        taken = arm_replies(rt, task_id, k or 1, timeout_s, parking)
+        return None if taken is None else (taken, 0)
+    mailbox = mailbox_of(rt, proc)
+    envelope = bus.receive_ready(proc.id, mailbox, timeout_s)
+    if envelope is not None:
+        return envelope, 0
+    parking.future, parking.timer = bus.arm_receive(mailbox, timeout_s)
+    parking.target = mailbox
+    return None
+
+
+def _finish_wait(
+    rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], parking: Parking
+) -> tuple[Any, int]:
+    task_id, k, _ = args
+    if task_id is not None:
+        return replies_arrived(rt, task_id, k or 1, parking), 0
+    bus = rt.bus
+    mailbox = parking.target
+    bus.disarm_receive(mailbox, parking.timer)
+    return bus.take(proc.id, mailbox), 0
+
+
+def _interrupt_wait(
+    rt: Runtime, proc: AgentProcess, args: tuple[Any, ...], parking: Parking, exc: BaseException
+) -> BaseException:
+    task_id, k, timeout_s = args
+    if task_id is not None:
+        return replies_interrupted(rt, task_id, k or 1, timeout_s, parking, exc)
+    bus = rt.bus
+    bus.disarm_receive(parking.target, parking.timer)
+    return bus.receive_timeout(timeout_s) if bus.expired(exc) else exc
+
+
+# Waiting for replies to a task, in the parts a WaitHost performs (SWARM_WAIT with a task id,
+# WAIT_FOR_RESPONSE); ``parking.target`` is the task's reply slot.
+
+
+def arm_replies(
+    rt: Runtime, task_id: str, k: int, timeout_s: float | None, parking: Parking
+) -> list[Envelope] | None:
+    """The ``k`` replies, taken, if they have come; else arm the wait for them (None)."""
+    bus = rt.bus
+    taken = bus.replies_ready(task_id, k)
+    if taken is None:
+        parking.target, parking.future, parking.timer = bus.arm_replies(task_id, k, timeout_s)
+    return taken
+
+
+def replies_arrived(rt: Runtime, task_id: str, k: int, parking: Parking) -> list[Envelope]:
+    bus = rt.bus
+    slot = parking.target
+    bus.disarm_replies(slot, parking.timer)
+    return bus.take_replies(task_id, slot, k)
+
+
+def replies_interrupted(
+    rt: Runtime,
+    task_id: str,
+    k: int,
+    timeout_s: float | None,
+    parking: Parking,
+    exc: BaseException,
+) -> BaseException:
+    bus = rt.bus
+    slot = parking.target
+    bus.disarm_replies(slot, parking.timer)
+    if bus.expired(exc):
+        return bus.replies_timeout(task_id, slot, k, timeout_s)
+    return exc
 
 
 HOSTS = {
@@ -88,5 +159,5 @@ HOSTS = {
     ),
     Op.SWARM_FETCH: Host(_prepare_fetch, _reserve_fetch, _fetch),
     Op.SWARM_BROADCAST: Host(passthrough, lambda rt, proc, args: 0, _broadcast),
-    Op.SWARM_WAIT: Host(passthrough, lambda rt, proc, args: 0, _wait),
+    Op.SWARM_WAIT: WaitHost(free, _arm_wait, _finish_wait, _interrupt_wait),
 }
