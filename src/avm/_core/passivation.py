@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from avm._core.interpreter import execute
+from avm._core.interpreter import WaitingInstruction, execute
 from avm._core.process import AgentProcess
 from avm._core.states import AgentState, WaitReason
 from avm._core.timers import TimerService
@@ -101,6 +101,13 @@ def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
     in_instruction = False
     while True:
         awaited = getattr(coro, "cr_await", None)
+        if isinstance(awaited, WaitingInstruction):  # parked with no frames: it says where
+            parked = awaited.parked()
+            if parked is None:
+                return None
+            sleeping, deadline, task_id = parked
+            kind = _SLEEP if sleeping else _RECEIVE if task_id is None else _REPLIES
+            return _Wait(kind, deadline, task_id)
         if not isinstance(awaited, CoroutineType):
             break
         if coro.cr_code is _EXECUTE:
