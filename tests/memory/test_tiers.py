@@ -68,11 +68,11 @@ def test_entries_record_the_dictionary_that_compressed_them(store: ContentStore)
     codec = store.codec
     early = [store.put(chat_message(i)) for i in range(200)]
     store.demote(early, Tier.WARM)
-    assert {store._warm[ref].codec for ref in early} <= {ZSTD, RAW}
+    assert {store._tiers.warm.codec_of(ref) for ref in early} <= {ZSTD, RAW}
     assert codec.train_now() == 1
     middle = [store.put(chat_message(i)) for i in range(200, 400)]
     store.demote(middle, Tier.WARM)
-    assert {store._warm[ref].codec for ref in middle} == {1}
+    assert {store._tiers.warm.codec_of(ref) for ref in middle} == {1}
     assert codec.train_now() == 2
     late = [store.put(chat_message(i)) for i in range(400, 600)]
     store.demote(late, Tier.COLD)
@@ -113,7 +113,7 @@ def test_incompressible_content_is_kept_raw(store: ContentStore) -> None:
     noise = os.urandom(2000)
     ref = store.put(noise)
     store.demote([ref], Tier.WARM)
-    assert store._warm[ref].codec == RAW
+    assert store._tiers.warm.codec_of(ref) == RAW
     assert store.get(ref) == noise
 
 
@@ -130,5 +130,5 @@ def test_background_training_installs_a_better_dictionary(
     assert info.ratio > info.plain_ratio
     ref = store.put(chat_message(10**6))
     store.demote([ref], Tier.WARM)
-    assert store._warm[ref].codec == 1
+    assert store._tiers.warm.codec_of(ref) == 1
     assert store.get(ref) == chat_message(10**6)

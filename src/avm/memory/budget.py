@@ -29,7 +29,8 @@ import msgspec
 
 from avm.config import parse_bytes
 from avm.errors import ConfigError
-from avm.memory.tiers import RAM_ENTRY_BYTES, Entry, TierSet, bytes_object_cost
+from avm.memory.packed import SLOT_BYTES
+from avm.memory.tiers import RAM_ENTRY_BYTES, Entry, TierSet, WarmTier, bytes_object_cost
 
 __all__ = ["MIN_BUDGET", "MemoryBudget", "enforce"]
 
@@ -133,23 +134,39 @@ def enforce(budget: MemoryBudget, tiers: TierSet, keep: Entry | None = None) -> 
         excess -= before - hot.ram_bytes
     excess = budget.total_excess(tiers.ram_bytes())
     while excess > 0:
-        batch: list[Entry] = []
-        freed = 0
-        source = warm if len(warm) else hot
-        for entry in source.entries.values():
-            if entry is keep and len(source) > 1:
-                continue
-            batch.append(entry)
-            freed += _freed_by_cold(entry)
-            if freed >= excess or len(batch) >= _COLD_BATCH:
+        if len(warm):
+            # Warm entries are slots; their bytes leave RAM for good only when their chunk
+            # empties or is compacted, so the estimate may be high: the loop re-measures.
+            slots = _oldest_warm(warm, excess)
+            tiers.to_cold(slots=slots)
+        else:
+            batch: list[Entry] = []
+            freed = 0
+            for entry in hot.entries.values():
+                if entry is keep and len(hot) > 1:
+                    continue
+                batch.append(entry)
+                assert entry.data is not None
+                freed += bytes_object_cost(len(entry.data)) + RAM_ENTRY_BYTES
+                if freed >= excess or len(batch) >= _COLD_BATCH:
+                    break
+            if not batch:
                 break
-        if not batch:
-            break
-        tiers.to_cold(batch)
+            tiers.to_cold(batch)
         excess = budget.total_excess(tiers.ram_bytes())
 
 
-def _freed_by_cold(entry: Entry) -> int:
-    """RAM released by moving a hot or warm entry to disk: all of it (holds go with the row)."""
-    assert entry.data is not None
-    return bytes_object_cost(len(entry.data)) + RAM_ENTRY_BYTES
+def _oldest_warm(warm: WarmTier, excess: int) -> list[int]:
+    """The least recently used warm slots whose bytes add up to ``excess`` (one batch at most)."""
+    table = warm.table
+    lengths = table.lengths
+    slots: list[int] = []
+    freed = 0
+    slot = table.oldest()
+    while slot >= 0:
+        slots.append(slot)
+        freed += lengths[slot] + SLOT_BYTES
+        if freed >= excess or len(slots) >= _COLD_BATCH:
+            break
+        slot = table.newer(slot)
+    return slots

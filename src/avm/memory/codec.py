@@ -211,17 +211,17 @@ class Codec:
         # "compressed" entry would use more RAM than the original. Copy it to its true size.
         return self._version, bytes(memoryview(packed))
 
-    def decompress(self, codec: int, data: bytes) -> bytes:
-        """The original bytes of ``data``, which ``codec`` produced."""
+    def decompress(self, codec: int, data: bytes | memoryview) -> bytes:
+        """The original bytes of ``data``, which ``codec`` produced (a view is read, not kept)."""
         if codec == RAW:
-            return data
+            return data if type(data) is bytes else bytes(data)
         decompressor = self._decompressors.get(codec)
         if decompressor is None:
             decompressor = self._decompressor(codec)
         return decompressor.decompress(data)
 
     @staticmethod
-    def content_size(codec: int, data: bytes) -> int:
+    def content_size(codec: int, data: bytes | memoryview) -> int:
         """The original size of ``data`` without decompressing it (zstd frames record it)."""
         if codec == RAW:
             return len(data)

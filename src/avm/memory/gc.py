@@ -12,6 +12,9 @@ runs a mark-and-sweep:
 3. **sweep** the RAM tiers (unmarked entries are dropped), then the cold tier's rows on disk
    (unmarked rows are deleted), including rows from earlier runs that RAM never saw.
 
+Marks on RAM entries are a flag bit: on a hot entry's record, or in the warm tier's packed
+flags array (cleared for every slot in one pass at the end).
+
 A collection is synchronous and the store is single-threaded, so nothing can be put or linked
 while it runs: a ref put with ``hold=False`` and stored into a rooted structure in the same
 step is always seen. Refs reached that name content the store does not have are counted in the
@@ -58,7 +61,7 @@ def collect(store: ContentStore, roots: Iterable[bytes] = ()) -> GcReport:
     started = time.perf_counter()
     store._check_open()
     tiers = store._tiers
-    ram_maps = (tiers.hot.entries, tiers.warm.entries)
+    hot, warm = tiers.hot.entries, tiers.warm.table
     try:
         marked, off_ram, root_count = _mark(store, roots)
         reclaimed, reclaimed_bytes = _sweep_ram(store)
@@ -69,16 +72,16 @@ def collect(store: ContentStore, roots: Iterable[bytes] = ()) -> GcReport:
             if ref in off_ram:
                 seen_off_ram += 1
                 return True
-            entry = store._entry(ref)
-            return entry is not None and bool(entry.flags & MARK)
+            # After the RAM sweep, everything still in RAM was marked.
+            return ref in hot or warm.find(ref) >= 0
 
         # Sweep disk: every row no mark reaches, including rows RAM never indexed.
         disk_rows, disk_bytes = tiers.cold.sweep(live)
     finally:
         # Marks live only for the length of one collection, whatever happened.
-        for mapping in ram_maps:
-            for entry in mapping.values():
-                entry.flags &= ~MARK
+        for entry in hot.values():
+            entry.flags &= ~MARK
+        warm.clear_flag(MARK)
 
     counters = store._counters
     counters.gc_runs += 1
@@ -99,54 +102,71 @@ def collect(store: ContentStore, roots: Iterable[bytes] = ()) -> GcReport:
 def _mark(store: ContentStore, roots: Iterable[bytes]) -> tuple[int, set[bytes], int]:
     """Mark everything reachable; ``(marked count, marked refs not in RAM, roots seen)``.
 
-    Entries in RAM carry the mark as a flag bit, so marking the hot and warm tiers allocates
-    nothing; only refs with no RAM entry (on disk, or missing) are collected in a set.
+    Entries in RAM carry the mark as a flag bit (on the hot entry, or in the warm table's
+    flags array), so marking them allocates nothing; only refs with no RAM entry (on disk, or
+    missing) are collected in a set. Only link lists go on the stack: they are the only
+    content whose bytes must be read.
     """
     tiers = store._tiers
-    find = store._entry
+    hot, warm = tiers.hot.entries, tiers.warm.table
+    warm_flags, warm_counts = warm.flags, warm.counts
     # Which disk rows are link lists: read once, so marking never asks the disk per ref.
     disk_links = set(tiers.cold.link_hashes())
     off_ram: set[bytes] = set()
     stack: list[bytes] = []
+    marked = 0
 
     def mark(ref: bytes) -> None:
-        entry = find(ref)
-        if entry is None:
-            if ref not in off_ram:
-                off_ram.add(ref)
+        nonlocal marked
+        entry = hot.get(ref)
+        if entry is not None:
+            if not entry.flags & MARK:
+                entry.flags |= MARK
+                marked += 1
+                if entry.flags & LINKS:
+                    stack.append(ref)
+            return
+        slot = warm.find(ref)
+        if slot >= 0:
+            flags = warm_flags[slot]
+            if not flags & MARK:
+                warm_flags[slot] = flags | MARK
+                marked += 1
+                if flags & LINKS:
+                    stack.append(ref)
+        elif ref not in off_ram:
+            off_ram.add(ref)
+            marked += 1
+            if ref in disk_links:
                 stack.append(ref)
-        elif not entry.flags & MARK:
-            entry.flags |= MARK
-            stack.append(ref)
 
     root_count = 0
     for root in roots:
         mark(root if type(root) is bytes and len(root) == HASH_SIZE else check_ref(root))
         root_count += 1
-    for mapping in (tiers.hot.entries, tiers.warm.entries):
-        for entry in mapping.values():
-            if entry.count > 0:
-                mark(entry.ref)
+    for entry in hot.values():
+        if entry.count > 0:
+            mark(entry.ref)
+    for slot in warm.slots():
+        if warm_counts[slot] > 0:
+            flags = warm_flags[slot]
+            if not flags & MARK:
+                warm_flags[slot] = flags | MARK
+                marked += 1
+                if flags & LINKS:
+                    stack.append(warm.key(slot))
     # Rows held while cold. A row whose content is also in RAM has a stale count: RAM's wins.
     for ref in tiers.cold.held_hashes():
-        if find(ref) is None:
+        if ref not in hot and warm.find(ref) < 0:
             mark(ref)
 
-    marked = len(stack)
     while stack:
-        current = stack.pop()
-        found = find(current)
-        has_links = found.flags & LINKS if found is not None else current in disk_links
-        if not has_links:
-            continue
-        data = store._read_quietly(current, found)
+        data = store._read_quietly(stack.pop())
         if data is None:
             continue
         children, _payload = decode_links(data)
         for child in children:
-            before = len(stack)
             mark(child)
-            marked += len(stack) - before
     return marked, off_ram, root_count
 
 
@@ -159,9 +179,12 @@ def _sweep_ram(store: ContentStore) -> tuple[int, int]:
         if not entry.flags & ON_DISK:  # on-disk ones are counted by the disk sweep
             reclaimed += 1
             reclaimed_bytes += len(data)
-    for entry in [e for e in tiers.warm.entries.values() if not e.flags & MARK]:
-        codec, stored = tiers.warm.discard(entry)
-        if not entry.flags & ON_DISK:
+    table = tiers.warm.table
+    flags = table.flags
+    for slot in [slot for slot in table.slots() if not flags[slot] & MARK]:
+        on_disk = flags[slot] & ON_DISK
+        logical = tiers.warm.discard(slot)
+        if not on_disk:
             reclaimed += 1
-            reclaimed_bytes += store.codec.content_size(codec, stored)
+            reclaimed_bytes += logical
     return reclaimed, reclaimed_bytes

@@ -2,9 +2,11 @@
 
 Prompts, tool schemas, messages and model outputs go in with :meth:`ContentStore.put`, which
 returns a 32-byte :data:`~avm.memory.refs.ContentRef`. Identical content put by a thousand
-agents is stored once, and every one of them gets *the same ref object* back, so an agent that
-holds refs holds pointers, not copies. Reads from the hot tier hand out the stored ``bytes``
-object (or a ``memoryview`` of it): no copy, no decompression.
+agents is stored once, and while it is hot every one of them gets *the same ref object* back,
+so an agent that holds refs holds pointers, not copies. (Warm content keeps no ref object, so
+a put that finds it warm returns the digest it just computed: equal, not identical.) Reads from
+the hot tier hand out the stored ``bytes`` object (or a ``memoryview`` of it): no copy, no
+decompression.
 
 Lifetime has two mechanisms, used together:
 
@@ -118,9 +120,9 @@ class ContentStore:
             self.codec.restore(*latest, current=True)
         self._counters = Counters()
         self._closed = False
-        # The hot path reads these two maps directly: one attribute load each, no calls.
+        # The hot path reads these directly: one attribute load each, no calls.
         self._hot = self._tiers.hot.entries
-        self._warm = self._tiers.warm.entries
+        self._warm = self._tiers.warm.table
         self._bounded = self.budget.limit is not None
 
     @property
@@ -146,14 +148,17 @@ class ContentStore:
         entry = self._hot.get(key)
         if entry is not None:
             self._hot.move_to_end(key)
-        else:
-            entry = self._warm.get(key)
-            if entry is None:
-                return self._insert(ContentRef(key), data, hold, 0)
-            self._warm.move_to_end(key)
+            if hold:
+                entry.count += 1
+            return entry.ref
+        warm = self._warm
+        slot = warm.find(key)
+        if slot < 0:
+            return self._insert(ContentRef(key), data, hold, 0)
+        warm.touch(slot)
         if hold:
-            entry.count += 1
-        return entry.ref
+            warm.counts[slot] += 1
+        return ContentRef(key)
 
     def put_links(
         self, children: Iterable[bytes], payload: bytes = b"", *, hold: bool = True
@@ -170,12 +175,16 @@ class ContentStore:
                 raise ContentNotFound(ref)
         data = encode_links(refs, payload)
         key = ContentRef(blake3.blake3(data).digest())
-        entry = self._entry(key)
-        if entry is None:
+        entry = self._hot.get(key)
+        slot = -1 if entry is not None else self._warm.find(key)
+        if entry is not None:
+            entry.flags |= LINKS
+        elif slot >= 0:
+            self._warm.flags[slot] |= LINKS
+        else:
             self._counters.put_calls += 1
             self._counters.put_bytes += len(data)
             return self._insert(key, data, hold, LINKS)
-        entry.flags |= LINKS
         return self.put(data, hold=hold)
 
     def _insert(self, key: ContentRef, data: bytes, hold: bool, flags: int) -> ContentRef:
@@ -236,10 +245,10 @@ class ContentStore:
         ref = check_ref(ref)
         tiers = self._tiers
         tiers.hot.misses += 1
-        entry = self._warm.get(ref)
-        if entry is not None:
+        slot = self._warm.find(ref)
+        if slot >= 0:
             tiers.warm.hits += 1
-            data = tiers.promote(entry)
+            entry, data = tiers.promote(slot, ref)
         else:
             tiers.warm.misses += 1
             self._check_open()
@@ -258,14 +267,15 @@ class ContentStore:
             ref = check_ref(ref)
         except ContentError:
             return False
-        return self._entry(ref) is not None or self._cold().lookup(ref) is not None
+        return ref in self._hot or self._warm.find(ref) >= 0 or self._cold().lookup(ref) is not None
 
     def tier_of(self, ref: bytes) -> Tier | None:
         """Where the content's bytes are now, or ``None`` if the store does not have it."""
         ref = check_ref(ref)
-        entry = self._entry(ref)
-        if entry is not None:
-            return Tier(entry.tier)
+        if ref in self._hot:
+            return Tier.HOT
+        if self._warm.find(ref) >= 0:
+            return Tier.WARM
         return Tier.COLD if self._cold().lookup(ref) is not None else None
 
     # -- holds ---------------------------------------------------------------------------
@@ -275,10 +285,14 @@ class ContentStore:
         ref = check_ref(ref)
         if n < 1:
             raise RefcountError(ref, f"incref takes a positive count, got {n}")
-        entry = self._entry(ref)
+        entry = self._hot.get(ref)
         if entry is not None:
             entry.count += n
             return entry.count
+        slot = self._warm.find(ref)
+        if slot >= 0:
+            self._warm.counts[slot] += n
+            return self._warm.counts[slot]
         count = self._cold().add_holds(ref, n)
         if count is None:
             raise ContentNotFound(ref)
@@ -293,12 +307,19 @@ class ContentStore:
         ref = check_ref(ref)
         if n < 1:
             raise RefcountError(ref, f"decref takes a positive count, got {n}")
-        entry = self._entry(ref)
+        entry = self._hot.get(ref)
         if entry is not None:
             if entry.count < n:
                 raise RefcountError(ref, f"has {entry.count} hold(s); cannot release {n}")
             entry.count -= n
             return entry.count
+        slot = self._warm.find(ref)
+        if slot >= 0:
+            counts = self._warm.counts
+            if counts[slot] < n:
+                raise RefcountError(ref, f"has {counts[slot]} hold(s); cannot release {n}")
+            counts[slot] -= n
+            return counts[slot]
         count = self._cold().add_holds(ref, -n)
         if count is not None:
             return count
@@ -312,9 +333,12 @@ class ContentStore:
     def holds(self, ref: bytes) -> int:
         """How many holds the content has (0 for content kept only by roots, or by nothing)."""
         ref = check_ref(ref)
-        entry = self._entry(ref)
+        entry = self._hot.get(ref)
         if entry is not None:
             return entry.count
+        slot = self._warm.find(ref)
+        if slot >= 0:
+            return self._warm.counts[slot]
         found = self._cold().lookup(ref)
         if found is None:
             raise ContentNotFound(ref)
@@ -331,22 +355,31 @@ class ContentStore:
         if to == Tier.HOT:
             raise ContentError("demote moves content down: pass to=Tier.WARM or to=Tier.COLD")
         tiers = self._tiers
+        hot, warm = self._hot, self._warm
         batch: list[Entry] = []
+        slots: list[int] = []
         moved = 0
         queued: set[bytes] = set()
         for ref in refs:
-            entry = self._entry(check_ref(ref))
-            if entry is None or entry.tier >= to or entry.ref in queued:
+            ref = check_ref(ref)
+            if ref in queued:
                 continue  # a ref named twice moves once
-            queued.add(entry.ref)
-            if to == Tier.WARM:
-                tiers.to_warm(entry)
-                moved += 1
-            else:
-                batch.append(entry)
-        if batch:
-            tiers.to_cold(batch)
-            moved += len(batch)
+            entry = hot.get(ref)
+            if entry is not None:
+                queued.add(ref)
+                if to == Tier.WARM:
+                    tiers.to_warm(entry)
+                    moved += 1
+                else:
+                    batch.append(entry)
+            elif to == Tier.COLD:
+                slot = warm.find(ref)
+                if slot >= 0:
+                    queued.add(ref)
+                    slots.append(slot)
+        if batch or slots:
+            tiers.to_cold(batch, slots)
+            moved += len(batch) + len(slots)
         return moved
 
     def persist(self, refs: Iterable[bytes]) -> int:
@@ -356,34 +389,40 @@ class ContentStore:
         crash: persist its payloads before committing the entry. Returns rows written.
         """
         entries: list[Entry] = []
+        slots: list[int] = []
+        seen: set[bytes] = set()
         for ref in refs:
             checked = check_ref(ref)
-            entry = self._entry(checked)
-            if entry is None:
-                if self._cold().lookup(checked) is None:
-                    raise ContentNotFound(checked)
+            if checked in seen:
                 continue
-            entries.append(entry)
+            seen.add(checked)
+            entry = self._hot.get(checked)
+            if entry is not None:
+                entries.append(entry)
+                continue
+            slot = self._warm.find(checked)
+            if slot >= 0:
+                slots.append(slot)
+            elif self._cold().lookup(checked) is None:
+                raise ContentNotFound(checked)
         before = self._tiers.cold.writes
-        self._tiers.persist(entries)
+        self._tiers.persist(entries, slots)
         return self._tiers.cold.writes - before
 
     # -- internals shared with avm.memory.gc ---------------------------------------------
-
-    def _entry(self, ref: bytes) -> Entry | None:
-        """The RAM record of ``ref`` (hot or warm), without touching LRU order."""
-        return self._hot.get(ref) or self._warm.get(ref)
 
     def _cold(self) -> ColdTier:
         self._check_open()
         return self._tiers.cold
 
-    def _read_quietly(self, ref: bytes, entry: Entry | None) -> bytes | None:
+    def _read_quietly(self, ref: bytes) -> bytes | None:
         """Content bytes without touching LRU order or hit counters (for the collector)."""
-        if entry is not None and entry.data is not None:
-            if entry.tier == Tier.HOT:
-                return entry.data
-            return self.codec.decompress(entry.codec, entry.data)
+        entry = self._hot.get(ref)
+        if entry is not None:
+            return entry.data
+        slot = self._warm.find(ref)
+        if slot >= 0:
+            return self._tiers.warm.read(slot)
         loaded = self._tiers.read_cold(ref)
         return None if loaded is None else loaded[0]
 
@@ -454,9 +493,12 @@ class ContentStore:
 
     def entries(self) -> Iterator[tuple[ContentRef, Tier, int]]:
         """``(ref, tier, holds)`` of every entry in RAM (hot and warm; not disk-only content)."""
-        for mapping in (self._hot, self._warm):
-            for entry in list(mapping.values()):
-                yield entry.ref, Tier(entry.tier), entry.count
+        for entry in list(self._hot.values()):
+            yield entry.ref, Tier.HOT, entry.count
+        warm = self._warm
+        snapshot = [(ContentRef(warm.key(slot)), warm.counts[slot]) for slot in warm.slots()]
+        for ref, count in snapshot:
+            yield ref, Tier.WARM, count
 
     def close(self) -> None:
         """Release RAM, stop the codec's trainer and close the cold-tier file. Idempotent."""
@@ -465,7 +507,7 @@ class ContentStore:
         self._closed = True
         self.codec.close()
         self._hot.clear()
-        self._warm.clear()
+        self._tiers.warm.clear()
         self._tiers.cold.close()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()

@@ -3,7 +3,10 @@
 * **hot** — the original bytes in RAM, in least-recently-used order. A read is a dict lookup
   and hands out the stored ``bytes`` object itself (or a ``memoryview`` of it): no copy.
 * **warm** — compressed bytes in RAM (:mod:`avm.memory.codec`: zstd with a dictionary trained
-  on the fleet's messages), also in LRU order. A read decompresses and promotes to hot.
+  on the fleet's messages), also in LRU order, packed into shared arrays and 64 KiB chunks with
+  no Python object per entry (:mod:`avm.memory.packed`): most of a large fleet's content sits
+  here, and an object per entry would cost more than the compressed bytes. A read
+  decompresses and promotes to hot.
 * **cold** — rows in a SQLite file (WAL) in the state directory. Nothing of cold content stays in
   RAM, not even its hold count, which the row carries; a read loads the row, checks its hash,
   and promotes it to hot.
@@ -13,9 +16,10 @@ and ``ON_DISK`` says a row also exists, whose ``holds`` column is then stale) or
 (the row's ``holds`` is the true count). Holds are taken by live holders, so they do not
 survive a restart: opening the file zeroes them, and roots are what persists.
 
-Each tier accounts the RAM it really holds: the stored bytes *plus* CPython's object headers,
-the entry record, the 32-byte key and the map slot, as measured for CPython 3.11 (see the cost
-constants below and ``tests/memory/test_budget.py``, which checks them against ``tracemalloc``).
+Each tier accounts the RAM it really holds: in hot, the stored bytes *plus* CPython's object
+headers, the entry record, the 32-byte key and the map slot, as measured for CPython 3.11 (see
+the cost constants below); in warm, the chunks as allocated plus the packed table's arrays.
+``tests/memory/test_budget.py`` checks both against ``tracemalloc``.
 :mod:`avm.memory.budget` decides *when* content moves; this module owns *how*: the entry record,
 the three containers, and the moves between them.
 """
@@ -37,6 +41,7 @@ import msgspec
 
 from avm.memory.codec import RAW, Codec
 from avm.memory.errors import ContentCorrupt, ContentError, StoreClosed
+from avm.memory.packed import PackedTable
 from avm.memory.refs import ContentRef
 
 __all__ = [
@@ -191,40 +196,97 @@ class HotTier(_RamTier):
         return data
 
 
-class WarmTier(_RamTier):
-    """Compressed bytes in RAM, least recently used first."""
+class WarmTier:
+    """Compressed bytes in RAM, least recently used first, packed (:mod:`avm.memory.packed`).
 
-    __slots__ = ("codec",)
+    An entry here is a slot number, not an object: its key, holds, flags, codec and bytes live
+    in shared arrays and chunks. Nothing keeps the caller's ref object, so a ref handed out
+    for warm content is a fresh ``bytes`` (equal to every other, not the same object).
+    """
+
+    __slots__ = (
+        "codec",
+        "hits",
+        "logical_bytes",
+        "misses",
+        "on_disk_bytes",
+        "on_disk_entries",
+        "table",
+    )
 
     def __init__(self, codec: Codec) -> None:
-        super().__init__()
         self.codec = codec
+        self.table = PackedTable()
+        self.logical_bytes = 0
+        self.on_disk_bytes = 0
+        self.on_disk_entries = 0
+        self.hits = 0
+        self.misses = 0
 
-    def add(self, entry: Entry, data: bytes) -> None:
-        """Compress ``data`` (the entry's original bytes) into the tier."""
-        entry.codec, entry.data = self.codec.compress(data)
-        entry.tier = Tier.WARM
-        self.entries[entry.ref] = entry
-        self._account(entry, len(entry.data), len(data), 1)
+    def __len__(self) -> int:
+        return len(self.table)
 
-    def remove(self, entry: Entry) -> bytes:
-        """Take ``entry`` out of the tier; its original (decompressed) bytes."""
-        del self.entries[entry.ref]
-        stored = entry.data
-        assert stored is not None
-        entry.data = None
-        data = self.codec.decompress(entry.codec, stored)
-        self._account(entry, len(stored), len(data), -1)
-        return data
+    @property
+    def stored_bytes(self) -> int:
+        return self.table.stored_bytes
 
-    def discard(self, entry: Entry) -> tuple[int, bytes]:
-        """Take ``entry`` out without decompressing; ``(codec, stored bytes)``."""
-        del self.entries[entry.ref]
-        stored = entry.data
-        assert stored is not None
-        entry.data = None
-        self._account(entry, len(stored), self.codec.content_size(entry.codec, stored), -1)
-        return entry.codec, stored
+    @property
+    def ram_bytes(self) -> int:
+        return self.table.ram_bytes()
+
+    def add(self, ref: bytes, data: bytes, count: int, flags: int) -> int:
+        """Compress ``data`` (original bytes) into the tier under ``ref``; its slot."""
+        codec, stored = self.codec.compress(data)
+        slot = self.table.insert(ref, stored, count, flags, codec)
+        self._account(flags, len(data), 1)
+        return slot
+
+    def _account(self, flags: int, logical: int, sign: int) -> None:
+        self.logical_bytes += sign * logical
+        if flags & ON_DISK:
+            self.on_disk_bytes += sign * logical
+            self.on_disk_entries += sign
+
+    def logical_size(self, slot: int) -> int:
+        """The original size of the slot's content, from the stored frame (no decompression)."""
+        return self.codec.content_size(self.table.codecs[slot], self.table.data(slot))
+
+    def read(self, slot: int) -> bytes:
+        """The slot's original bytes, leaving it where it is."""
+        return self.codec.decompress(self.table.codecs[slot], self.table.data(slot))
+
+    def take(self, slot: int) -> tuple[bytes, int, int]:
+        """Remove the slot; ``(original bytes, holds, flags)``."""
+        table = self.table
+        data = self.read(slot)
+        count, flags = table.counts[slot], table.flags[slot]
+        self._account(flags, len(data), -1)
+        table.remove(slot)
+        return data, count, flags
+
+    def discard(self, slot: int) -> int:
+        """Remove the slot without decompressing; its logical size."""
+        logical = self.logical_size(slot)
+        self._account(self.table.flags[slot], logical, -1)
+        self.table.remove(slot)
+        return logical
+
+    def mark_on_disk(self, slot: int, logical: int) -> None:
+        """Record that ``slot`` now also has a copy on disk."""
+        flags = self.table.flags
+        if not flags[slot] & ON_DISK:
+            flags[slot] |= ON_DISK
+            self.on_disk_bytes += logical
+            self.on_disk_entries += 1
+
+    def codec_of(self, ref: bytes) -> int | None:
+        """The codec that compressed ``ref``'s warm copy, or ``None`` if it is not warm."""
+        slot = self.table.find(ref)
+        return None if slot < 0 else self.table.codecs[slot]
+
+    def clear(self) -> None:
+        self.table.clear()
+        self.logical_bytes = self.on_disk_bytes = self.on_disk_entries = 0
 
 
 Durability = Literal["durable", "relaxed"]
@@ -537,8 +599,8 @@ class ColdTier:
 class TierSet:
     """The three tiers and the moves between them; the store's index is the union of them.
 
-    Every entry the store knows is in exactly one place: ``hot.entries``, ``warm.entries``, or
-    only on disk (no RAM at all).
+    Every entry the store knows is in exactly one place: ``hot.entries`` (an :class:`Entry`),
+    the warm table (a slot), or only on disk (no RAM at all).
     """
 
     def __init__(self, codec: Codec, cold: ColdTier) -> None:
@@ -559,50 +621,66 @@ class TierSet:
         )
 
     def to_warm(self, entry: Entry) -> None:
-        """Compress a hot entry into the warm tier."""
-        self.warm.add(entry, self.hot.remove(entry))
+        """Compress a hot entry into the warm tier (its :class:`Entry` is dropped)."""
+        data = self.hot.remove(entry)
+        self.warm.add(entry.ref, data, entry.count, entry.flags)
         self.demotions += 1
 
-    def _row(self, entry: Entry) -> NewRow:
+    def _hot_row(self, entry: Entry) -> NewRow:
         assert entry.data is not None
-        if entry.tier == Tier.HOT:
-            codec, stored = self.codec.compress(entry.data)
-            size = len(entry.data)
-        else:
-            codec, stored = entry.codec, entry.data
-            size = self.codec.content_size(codec, stored)
-        return entry.ref, codec, size, entry.flags & LINKS, entry.count, stored
+        codec, stored = self.codec.compress(entry.data)
+        return entry.ref, codec, len(entry.data), entry.flags & LINKS, entry.count, stored
 
-    def to_cold(self, entries: list[Entry]) -> None:
-        """Move hot or warm entries to disk in one transaction each for rows and counts.
+    def _warm_row(self, slot: int) -> NewRow:
+        table = self.warm.table
+        return (
+            table.key(slot),
+            table.codecs[slot],
+            self.warm.logical_size(slot),
+            table.flags[slot] & LINKS,
+            table.counts[slot],
+            bytes(table.data(slot)),
+        )
+
+    def to_cold(self, entries: Sequence[Entry] = (), slots: Sequence[int] = ()) -> None:
+        """Move hot entries and warm slots to disk, one transaction each for rows and counts.
 
         Rows are written before any RAM copy is dropped, so a failed write loses nothing.
         """
-        new_rows = [self._row(entry) for entry in entries if not entry.flags & ON_DISK]
-        counts = [(entry.count, entry.ref) for entry in entries if entry.flags & ON_DISK]
+        flags, counts_of = self.warm.table.flags, self.warm.table.counts
+        new_rows = [self._hot_row(entry) for entry in entries if not entry.flags & ON_DISK]
+        new_rows += [self._warm_row(slot) for slot in slots if not flags[slot] & ON_DISK]
+        counts: list[tuple[int, bytes]] = [
+            (entry.count, entry.ref) for entry in entries if entry.flags & ON_DISK
+        ]
+        counts += [
+            (counts_of[slot], self.warm.table.key(slot)) for slot in slots if flags[slot] & ON_DISK
+        ]
         if new_rows:
             self.cold.write(new_rows)
         if counts:
             self.cold.set_holds(counts)
         for entry in entries:
-            if entry.tier == Tier.HOT:
-                self.hot.remove(entry)
-            else:
-                self.warm.discard(entry)
+            self.hot.remove(entry)
             entry.tier = Tier.COLD
             entry.flags |= ON_DISK
             entry.codec = RAW
-            self.demotions += 1
+        for slot in slots:
+            self.warm.discard(slot)
+        self.demotions += len(entries) + len(slots)
 
-    def persist(self, entries: list[Entry]) -> None:
-        """Write RAM entries to disk without moving them (durability for journal payloads)."""
-        pending = [entry for entry in entries if not entry.flags & ON_DISK]
-        rows = [self._row(entry) for entry in pending]
+    def persist(self, entries: Sequence[Entry] = (), slots: Sequence[int] = ()) -> None:
+        """Write RAM content to disk without moving it (durability for journal payloads)."""
+        flags = self.warm.table.flags
+        hot = [entry for entry in entries if not entry.flags & ON_DISK]
+        warm = [slot for slot in slots if not flags[slot] & ON_DISK]
+        rows = [self._hot_row(entry) for entry in hot] + [self._warm_row(slot) for slot in warm]
         if rows:
             self.cold.write(rows)
-        for entry, row in zip(pending, rows, strict=True):
-            tier = self.hot if entry.tier == Tier.HOT else self.warm
-            tier.mark_on_disk(entry, row[2])
+        for entry, row in zip(hot, rows[: len(hot)], strict=True):
+            self.hot.mark_on_disk(entry, row[2])
+        for slot, row in zip(warm, rows[len(hot) :], strict=True):
+            self.warm.mark_on_disk(slot, row[2])
 
     def read_cold(self, ref: bytes) -> tuple[bytes, ColdRow] | None:
         """``(original bytes, row)`` of a disk row, hash-checked; ``None`` if absent."""
@@ -614,12 +692,17 @@ class TierSet:
             raise ContentCorrupt(ref, str(self.cold.path))
         return data, row
 
-    def promote(self, entry: Entry) -> bytes:
-        """Bring a warm entry's bytes back to the hot tier; the original bytes."""
-        data = self.warm.remove(entry)
+    def promote(self, slot: int, ref: ContentRef) -> tuple[Entry, bytes]:
+        """Bring a warm slot's content (named ``ref``) back to the hot tier.
+
+        ``ref`` becomes the hot entry's key object: pass the caller's own, so every later
+        caller gets the object agents already hold.
+        """
+        data, count, flags = self.warm.take(slot)
+        entry = Entry(ref, None, Tier.HOT, count=count, flags=flags)
         self.hot.add(entry, data)
         self.promotions += 1
-        return data
+        return entry, data
 
     def load(self, ref: ContentRef) -> tuple[Entry, bytes] | None:
         """Bring disk-only content into the hot tier with its holds; ``None`` if absent."""
