@@ -62,6 +62,22 @@ async def test_out_of_gas_halts_and_top_up_resumes(vm: avm.VM) -> None:
     assert handle.gas_spent <= handle.gas_budget  # type: ignore[operator]
 
 
+async def test_killing_an_agent_halted_out_of_gas_leaves_nothing_reserved(vm: avm.VM) -> None:
+    @vm.agent(budget=25)
+    async def writer(ctx: Context) -> None:
+        for i in range(3):
+            await ctx.kv_store(f"k{i}", "x" * 1000)
+
+    handle = vm.spawn(writer)
+    await wait_until(lambda: handle.state is AgentState.OUT_OF_GAS)
+    account = vm._processes[handle.id].gas
+    assert account.reserved == 0  # the third store was refused, so it holds nothing
+    handle.kill()
+    await wait_until(lambda: handle.state is AgentState.KILLED)
+    assert account.reserved == 0
+    assert account.available == to_mgas(25) - account.spent
+
+
 async def test_reads_are_withheld_until_affordable(vm: avm.VM) -> None:
     # KV_FETCH's cost (0.005/byte) is only known after the read: an unaffordable result is
     # withheld, the agent halts, and the read runs again after a top-up.

@@ -210,10 +210,12 @@ async def execute(rt: Runtime, proc: AgentProcess, op: Op, args: tuple[Any, ...]
         while True:
             # An unlimited budget needs no reservation: nothing can be refused.
             if gas.budget is not None:
-                reserved = plan.reserve(rt, proc, prepared)
-                if not gas.reserve(reserved):
-                    await _park_out_of_gas(rt, proc, reserved)
+                need = plan.reserve(rt, proc, prepared)
+                if not gas.reserve(need):
+                    # Nothing is held while halted: a kill then releases nothing.
+                    await _park_out_of_gas(rt, proc, need)
                     continue
+                reserved = need
             if waits_on is not None:
                 scheduler.move(proc, _WAITING, waits_on)
             try:
@@ -624,10 +626,11 @@ async def _enter(w: WaitingInstruction) -> Any:
         plan.validate(args)
         # An unlimited budget needs no reservation: nothing can be refused.
         while gas.budget is not None:
-            reserved = waits.reserve(rt, proc, args)
-            if gas.reserve(reserved):
+            need = waits.reserve(rt, proc, args)
+            if gas.reserve(need):
+                reserved = need
                 break
-            await _park_out_of_gas(rt, proc, reserved)
+            await _park_out_of_gas(rt, proc, need)
         scheduler.move(proc, _WAITING, plan.waits_on)
         done = waits.arm(rt, proc, args, step, w)
     except InstructionError as err:
