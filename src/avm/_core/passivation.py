@@ -11,10 +11,13 @@ it back by re-running it through :func:`avm._core.recovery.restore` and replay::
        ▲                                   │ a message / the awaited reply / its deadline
        └── replay up to the instruction ◄──┘ new task: restore (journal, inbox) + replay
 
-Why this is invisible to the agent: only three suspensions are passivated, each inside an
-instruction that has performed nothing irreversible before it (``SwarmBus.receive``,
-``SwarmBus.wait_replies`` and ``TimerService.sleep_until``; a SWARM_FETCH's request re-sent
-with the same id is deduplicated by the durable inbox). The instruction never got a journal
+Why this is invisible to the agent: only waits for a message, a reply or a timer are
+passivated, each inside an instruction that has performed nothing irreversible before it: a
+parked :class:`~avm._core.interpreter.WaitingInstruction` (receive, SWARM_WAIT,
+WAIT_FOR_RESPONSE, WAIT; it reports its kind, deadline and task id), or one of the coroutines
+``SwarmBus.receive``, ``SwarmBus.wait_replies`` and ``TimerService.sleep_until`` suspended in
+``execute`` (a SWARM_FETCH's request re-sent with the same id is deduplicated by the durable
+inbox). The instruction never got a journal
 entry, so the re-run agent replays every entry it had and issues it again, at the same step.
 Its deadline is kept (``TimerService.resume_at``), not restarted.
 
