@@ -11,11 +11,11 @@ module keeps the same information in a few flat arrays and shared buffers instea
     │ counts[s]  (holds)     │        │ -1 │  linear probing,        └────────────────────┘
     │ flags[s]   codecs[s]   │        │ s' │  backward-shift delete    ▲ chunk_of[s],
     │ chunk_of[s] offsets[s] ├─────────────────────────────────────────┘ offsets[s], lengths[s]
-    │ lengths[s]             │
+    │ lengths[s] hashes[s]   │
     │ prev[s] next[s] (LRU)  │  intrusive doubly-linked list, oldest = head
     └────────────────────────┘
 
-About 63 bytes of slot fields, 6-12 bytes of index and 4 bytes of chunk membership per entry,
+About 67 bytes of slot fields, 6-12 bytes of index and 4 bytes of chunk membership per entry,
 plus the data itself with no per-entry header or rounding. Nothing in here is a Python object
 per entry, so the cycle collector never sees the entries either.
 
@@ -55,9 +55,9 @@ _MIN_INDEX = 64
 _MAX_LOAD = 2 / 3
 # For each single-bit flag, a byte translation table that clears it.
 _CLEARED = {1 << bit: bytes(b & ~(1 << bit) for b in range(256)) for bit in range(8)}
-# Bytes of the per-slot fields: key, count (q), flags (B), codec (h), chunk, offset and length
-# (I), prev and next (i); plus 1/16 for ``array``'s over-allocation when it grows.
-SLOT_BYTES = KEY + 8 + 1 + 2 + 3 * 4 + 2 * 4
+# Bytes of the per-slot fields: key, count (q), flags (B), codec (h), chunk, offset, length and
+# hash (I), prev and next (i); plus 1/16 for ``array``'s over-allocation when it grows.
+SLOT_BYTES = KEY + 8 + 1 + 2 + 4 * 4 + 2 * 4
 _SLOT_RAM = SLOT_BYTES + (SLOT_BYTES + 15) // 16
 # Per chunk: its list slot, used/live/count entries, and the bytearray object's header (a
 # pymalloc block) plus malloc's header on its buffer.
@@ -85,6 +85,7 @@ class PackedTable:
         "_fill",
         "_free_chunks",
         "_free_slot",
+        "_hashes",
         "_head",
         "_index",
         "_live",
@@ -114,6 +115,7 @@ class PackedTable:
         self.lengths = array("I")
         self._prev = array("i")
         self._next = array("i")
+        self._hashes = array("I")  # low 32 bits of hash(key): the index never rehashes keys
         self._free_slot = -1
         self._head = -1  # least recently used
         self._tail = -1  # most recently used
@@ -157,7 +159,7 @@ class PackedTable:
         if not self._live:
             return -1
         index, mask, keys = self._index, self._mask, self.keys
-        i = hash(key) & mask
+        i = hash(key) & mask  # the mask is below 2**32: the same bits as _hashes keeps
         while True:
             slot = index[i]
             if slot < 0:
@@ -182,6 +184,7 @@ class PackedTable:
 
     def insert(self, key: bytes, data: bytes, count: int, flags: int, codec: int) -> int:
         """Add ``key`` (which must not be present) as the most recently used entry; its slot."""
+        hashed = hash(key) & 0xFFFFFFFF
         slot = self._free_slot
         if slot >= 0:
             self._free_slot = self._next[slot]
@@ -189,6 +192,7 @@ class PackedTable:
             self.counts[slot] = count
             self.flags[slot] = flags
             self.codecs[slot] = codec
+            self._hashes[slot] = hashed
         else:
             slot = len(self.counts)
             self.keys += key
@@ -200,21 +204,32 @@ class PackedTable:
             self.lengths.append(0)
             self._prev.append(-1)
             self._next.append(-1)
+            self._hashes.append(hashed)
         self._place(slot, data)
         self._link_last(slot)
         self._live += 1
         if (self._live + 1) > len(self._index) * _MAX_LOAD:
             self._reindex(max(_MIN_INDEX, len(self._index) * 2))
         else:
-            self._index_add(slot, hash(key))
+            self._index_add(slot, hashed)
         return slot
 
     def remove(self, slot: int) -> None:
         """Drop the entry in ``slot``: its key leaves the index and its bytes are released."""
         self._unindex(slot)
-        self._unlink(slot)
+        # Unlink from the LRU list (inlined: this is on every promotion and eviction).
+        prev, following = self._prev, self._next
+        before, after = prev[slot], following[slot]
+        if before >= 0:
+            following[before] = after
+        else:
+            self._head = after
+        if after >= 0:
+            prev[after] = before
+        else:
+            self._tail = before
         self._release(slot)
-        self._next[slot] = self._free_slot
+        following[slot] = self._free_slot
         self._free_slot = slot
         self._live -= 1
         if not self._live:
@@ -281,10 +296,6 @@ class PackedTable:
 
     # -- the index -----------------------------------------------------------------------
 
-    def _slot_hash(self, slot: int) -> int:
-        start = slot << 5
-        return hash(bytes(self.keys[start : start + KEY]))
-
     def _index_add(self, slot: int, hashed: int) -> None:
         index, mask = self._index, self._mask
         i = hashed & mask
@@ -295,8 +306,8 @@ class PackedTable:
     def _unindex(self, slot: int) -> None:
         # Linear probing deletes by shifting later members of the cluster back, so lookups
         # never need tombstones and the table never fills with them.
-        index, mask = self._index, self._mask
-        i = self._slot_hash(slot) & mask
+        index, mask, hashes = self._index, self._mask, self._hashes
+        i = hashes[slot] & mask
         while index[i] != slot:
             i = (i + 1) & mask
         j = i
@@ -305,7 +316,7 @@ class PackedTable:
             other = index[j]
             if other < 0:
                 break
-            home = self._slot_hash(other) & mask
+            home = hashes[other] & mask
             # ``other`` may move back to the hole at ``i`` unless its home lies cyclically
             # in (i, j], in which case moving it would put it before its home.
             if (i < j and i < home <= j) or (j < i and (home > i or home <= j)):
@@ -318,9 +329,9 @@ class PackedTable:
         self._index = array("i", [_EMPTY]) * size
         self._mask = size - 1
         slot = self._head
-        following = self._next
+        following, hashes = self._next, self._hashes
         while slot >= 0:
-            self._index_add(slot, self._slot_hash(slot))
+            self._index_add(slot, hashes[slot])
             slot = following[slot]
 
     # -- chunks --------------------------------------------------------------------------
