@@ -5,6 +5,8 @@ The pieces, one module each:
 * :mod:`~avm.memory.refs` — :data:`ContentRef`, the 32-byte BLAKE3 name of content;
 * :mod:`~avm.memory.store` — :class:`ContentStore`: put/get, holds, link lists, persistence;
 * :mod:`~avm.memory.tiers` — hot (bytes in RAM), warm (zstd in RAM), cold (SQLite on disk);
+* :mod:`~avm.memory.packed` — ``PackedTable``: the warm tier's entries in flat arrays and
+  shared chunks, no Python object per entry;
 * :mod:`~avm.memory.codec` — zstd with dictionaries trained on the fleet's own messages;
 * :mod:`~avm.memory.budget` — :class:`MemoryBudget` and the LRU moves it drives;
 * :mod:`~avm.memory.conversation` — :class:`Conversation`: prompts and history as refs;

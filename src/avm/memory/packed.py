@@ -206,12 +206,25 @@ class PackedTable:
             self._next.append(-1)
             self._hashes.append(hashed)
         self._place(slot, data)
-        self._link_last(slot)
-        self._live += 1
-        if (self._live + 1) > len(self._index) * _MAX_LOAD:
-            self._reindex(max(_MIN_INDEX, len(self._index) * 2))
+        # Link as the newest and index it (both inlined: this runs for every demotion).
+        tail = self._tail
+        self._prev[slot] = tail
+        self._next[slot] = -1
+        if tail >= 0:
+            self._next[tail] = slot
         else:
-            self._index_add(slot, hashed)
+            self._head = slot
+        self._tail = slot
+        self._live += 1
+        index = self._index
+        if (self._live + 1) > len(index) * _MAX_LOAD:
+            self._reindex(max(_MIN_INDEX, len(index) * 2))
+        else:
+            mask = self._mask
+            i = hashed & mask
+            while index[i] >= 0:
+                i = (i + 1) & mask
+            index[i] = slot
         return slot
 
     def remove(self, slot: int) -> None:
