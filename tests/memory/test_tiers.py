@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -132,3 +133,17 @@ def test_background_training_installs_a_better_dictionary(
     store.demote([ref], Tier.WARM)
     assert store._tiers.warm.codec_of(ref) == 1
     assert store.get(ref) == chat_message(10**6)
+
+
+def test_warm_entries_are_not_python_objects(store: ContentStore) -> None:
+    """The warm tier packs entries into shared arrays and chunks: no allocation per entry."""
+    refs = [store.put(chat_message(i)) for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        store.demote(refs, Tier.WARM)
+        blocks = sum(stat.count for stat in tracemalloc.take_snapshot().statistics("filename"))
+    finally:
+        tracemalloc.stop()
+    assert store.stats().warm.entries == 20_000
+    assert blocks < 1_000  # chunks and array buffers: a few hundred blocks for 20,000 entries
+    assert [store.get(ref) for ref in refs[:50]] == [chat_message(i) for i in range(50)]
