@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from avm.memory.packed import CHUNK_BYTES, OWN_CHUNK, PackedTable
+from avm.memory.packed import CHUNK_BYTES, MAX_HOLDS, OWN_CHUNK, PackedTable
 
 
 def key_of(n: int) -> bytes:
@@ -47,7 +47,7 @@ class PackedMachine(RuleBasedStateMachine):
         self.model: OrderedDict[bytes, Entry] = OrderedDict()  # oldest first
         self.next_key = 0
 
-    @rule(size=sizes, count=st.integers(0, 2**40), flags=st.integers(0, 255))
+    @rule(size=sizes, count=st.integers(0, MAX_HOLDS), flags=st.integers(0, 255))
     def insert(self, size: int, count: int, flags: int) -> None:
         self.next_key += 1
         key = key_of(self.next_key)
@@ -87,7 +87,7 @@ class PackedMachine(RuleBasedStateMachine):
         key = list(self.model)[pick % len(self.model)]
         slot = self.table.find(key)
         entry = self.model[key]
-        entry.count = max(0, entry.count + delta)
+        entry.count = min(MAX_HOLDS, max(0, entry.count + delta))
         self.table.counts[slot] = entry.count
         entry.flags ^= bit
         self.table.flags[slot] = entry.flags

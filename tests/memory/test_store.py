@@ -34,6 +34,7 @@ from avm.memory import (
     Tier,
     collect,
 )
+from avm.memory.packed import MAX_HOLDS
 
 
 def test_identical_content_is_stored_once_and_shares_one_ref_object(store: ContentStore) -> None:
@@ -304,3 +305,12 @@ def test_demote_moves_a_ref_named_twice_once(store: ContentStore) -> None:
     assert store.demote([ref, ref], Tier.COLD) == 1
     assert store.tier_of(ref) is Tier.COLD
     assert store.get(ref) == b"the same list of refs" * 10
+
+
+def test_holds_are_bounded_by_what_a_slot_counts() -> None:
+    with ContentStore() as store:
+        ref = store.put(b"held a great many times")  # one hold
+        assert store.incref(ref, MAX_HOLDS - 1) == MAX_HOLDS
+        with pytest.raises(RefcountError, match="would pass"):
+            store.incref(ref)
+        assert store.holds(ref) == MAX_HOLDS  # refused whole: nothing changed

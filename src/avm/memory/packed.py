@@ -41,10 +41,11 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
-__all__ = ["CHUNK_BYTES", "OWN_CHUNK", "SLOT_BYTES", "PackedTable"]
+__all__ = ["CHUNK_BYTES", "MAX_HOLDS", "OWN_CHUNK", "SLOT_BYTES", "PackedTable"]
 
 KEY = 32
 CHUNK_BYTES = 64 * 1024
+MAX_HOLDS = 2**32 - 1  # a slot's hold count is 32 bits (the store refuses more)
 """Size of a shared data chunk."""
 OWN_CHUNK = CHUNK_BYTES // 4
 """Data at least this long is kept as a chunk of its own rather than packed."""
@@ -57,7 +58,7 @@ _MAX_LOAD = 2 / 3
 _CLEARED = {1 << bit: bytes(b & ~(1 << bit) for b in range(256)) for bit in range(8)}
 # Bytes of the per-slot fields: key, count (q), flags (B), codec (h), chunk, offset, length and
 # hash (I), prev and next (i); plus 1/16 for ``array``'s over-allocation when it grows.
-SLOT_BYTES = KEY + 8 + 1 + 2 + 4 * 4 + 2 * 4
+SLOT_BYTES = KEY + 4 + 1 + 2 + 2 + 3 * 4 + 2 * 4
 _SLOT_RAM = SLOT_BYTES + (SLOT_BYTES + 15) // 16
 # Per chunk: its list slot, used/live/count entries, and the bytearray object's header (a
 # pymalloc block) plus malloc's header on its buffer.
@@ -107,11 +108,11 @@ class PackedTable:
 
     def __init__(self) -> None:
         self.keys = bytearray()
-        self.counts = array("q")
+        self.counts = array("I")  # holds: 32 bits, a hold per agent is far below 2**32
         self.flags = array("B")
         self.codecs = array("h")
         self.chunk_of = array("I")
-        self.offsets = array("I")
+        self.offsets = array("H")  # within a 64 KiB chunk (or 0 in a chunk of its own)
         self.lengths = array("I")
         self._prev = array("i")
         self._next = array("i")

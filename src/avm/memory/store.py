@@ -47,6 +47,7 @@ from avm.memory.errors import (
     RefcountError,
     StoreClosed,
 )
+from avm.memory.packed import MAX_HOLDS
 from avm.memory.refs import HASH_SIZE, Content, ContentRef, as_bytes, check_ref
 from avm.memory.stats import Counters, GcStats, MemoryStats, TierStats, ratio
 from avm.memory.tiers import (
@@ -287,15 +288,21 @@ class ContentStore:
             raise RefcountError(ref, f"incref takes a positive count, got {n}")
         entry = self._hot.get(ref)
         if entry is not None:
+            _check_room(ref, entry.count, n)
             entry.count += n
             return entry.count
         slot = self._warm.find(ref)
         if slot >= 0:
-            self._warm.counts[slot] += n
-            return self._warm.counts[slot]
-        count = self._cold().add_holds(ref, n)
-        if count is None:
+            counts = self._warm.counts
+            _check_room(ref, counts[slot], n)
+            counts[slot] += n
+            return counts[slot]
+        found = self._cold().lookup(ref)
+        if found is None:
             raise ContentNotFound(ref)
+        _check_room(ref, found[1], n)
+        count = self._cold().add_holds(ref, n)
+        assert count is not None
         return count
 
     def decref(self, ref: bytes, n: int = 1) -> int:
@@ -522,3 +529,9 @@ class ContentStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _check_room(ref: ContentRef, count: int, n: int) -> None:
+    """Refuse holds past what a warm slot can count (``MAX_HOLDS``), in every tier alike."""
+    if count > MAX_HOLDS - n:
+        raise RefcountError(ref, f"has {count} hold(s); {n} more would pass {MAX_HOLDS}")
