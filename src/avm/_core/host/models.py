@@ -147,13 +147,30 @@ async def _run_model(rt: Runtime, proc: AgentProcess, call: _ModelCall, step: in
         reply: ModelReply = await linked.provider.complete(call.request)
     except AvmError:
         raise
-    except Exception as exc:  # a third-party provider that did not translate its errors
-        raise ModelError(f"model {name!r} failed: {type(exc).__name__}: {exc}") from None
-    finished = clock.monotonic()
+    except Exception as exc:
+        raise _untranslated(name, exc) from None
+    return _account(rt, name, reply, call.price_in, call.price_out, started, clock.monotonic())
+
+
+def _untranslated(name: str, exc: Exception) -> ModelError:
+    """The error for a third-party provider's exception that it did not translate itself."""
+    return ModelError(f"model {name!r} failed: {type(exc).__name__}: {exc}")
+
+
+def _account(
+    rt: Runtime,
+    name: str,
+    reply: ModelReply,
+    price_in: float,
+    price_out: float,
+    started: float,
+    finished: float,
+) -> tuple[ModelReply, int]:
+    """A finished model call, redacted and entered in the ledger; the reply and its milligas."""
     if rt.keys is not None:  # a secret never comes back from a model into the journal
         reply = rt.keys.redact(reply)
     usage = reply.usage
-    mgas = to_mgas(call.price_in * usage.tokens_in + call.price_out * usage.tokens_out)
+    mgas = to_mgas(price_in * usage.tokens_in + price_out * usage.tokens_out)
     rt.ledger.model_call(
         name,
         tokens_in=usage.tokens_in,
@@ -279,22 +296,9 @@ async def _complete(
         reply: ModelReply = await linked.provider.complete(request)
     except AvmError:
         raise
-    except Exception as exc:  # a third-party provider that did not translate its errors
-        raise ModelError(f"model {name!r} failed: {type(exc).__name__}: {exc}") from None
-    finished = clock.monotonic()
-    if rt.keys is not None:  # a secret never comes back from a model into the journal
-        reply = rt.keys.redact(reply)
-    usage = reply.usage
-    rt.ledger.model_call(
-        name,
-        tokens_in=usage.tokens_in,
-        tokens_out=usage.tokens_out,
-        cached_tokens=usage.cached_tokens,
-        mgas=to_mgas(price_in * usage.tokens_in + price_out * usage.tokens_out),
-        latency_s=finished - started,
-    )
-    rt.model_requests.record(finished, finished - started)
-    return reply
+    except Exception as exc:
+        raise _untranslated(name, exc) from None
+    return _account(rt, name, reply, price_in, price_out, started, clock.monotonic())[0]
 
 
 class _Reduce(NamedTuple):
