@@ -314,3 +314,16 @@ def test_holds_are_bounded_by_what_a_slot_counts() -> None:
         with pytest.raises(RefcountError, match="would pass"):
             store.incref(ref)
         assert store.holds(ref) == MAX_HOLDS  # refused whole: nothing changed
+
+
+@pytest.mark.parametrize(
+    ("budget", "cache_kib"),
+    [(None, 32 * 1024), ("64MiB", 8 * 1024), ("8MiB", 2 * 1024), ("4GB", 32 * 1024)],
+)
+def test_the_cold_tiers_page_cache_scales_with_the_budget(
+    tmp_path: Path, budget: str | None, cache_kib: int
+) -> None:
+    # The page cache is RAM outside the budget: an eighth of it, between 2 and 32 MiB.
+    with ContentStore(tmp_path, budget=budget) as store:
+        (size,) = store._cold()._db.execute("PRAGMA cache_size").fetchone()
+    assert size == -cache_kib

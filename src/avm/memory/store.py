@@ -52,6 +52,8 @@ from avm.memory.refs import HASH_SIZE, Content, ContentRef, as_bytes, check_ref
 from avm.memory.stats import Counters, GcStats, MemoryStats, TierStats, ratio
 from avm.memory.tiers import (
     LINKS,
+    MAX_CACHE_KIB,
+    MIN_CACHE_KIB,
     ON_DISK,
     ColdTier,
     Durability,
@@ -112,7 +114,13 @@ class ContentStore:
             state_dir = self._tmpdir.name
         self.budget = MemoryBudget.of(budget)
         self.codec = codec if codec is not None else Codec()
-        cold = ColdTier(Path(state_dir) / filename, durability)
+        limit = self.budget.limit
+        cache_kib = (
+            MAX_CACHE_KIB
+            if limit is None
+            else max(MIN_CACHE_KIB, min(MAX_CACHE_KIB, limit // 8 // 1024))
+        )
+        cold = ColdTier(Path(state_dir) / filename, durability, cache_kib)
         self._tiers = TierSet(self.codec, cold)
         self.codec.on_new_dictionary = cold.save_dictionary
         self.codec.dictionary_loader = cold.load_dictionary

@@ -313,8 +313,10 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 _CHECKPOINT_PAGES = 10_000
 # Page cache of the cold-tier connection (KiB, as SQLite's negative cache_size): a batch of
 # spilled content touches pages all over the hash index, and at SQLite's default (2 MB) a
-# large batch re-read and re-spilled the same pages. Allocated only as pages are used.
-_CACHE_KIB = 32 * 1024
+# large batch re-read and re-spilled the same pages. Allocated only as pages are used. It is
+# RAM outside the store's budget, so a store with a budget gets an eighth of it, within these.
+MAX_CACHE_KIB = 32 * 1024
+MIN_CACHE_KIB = 2 * 1024
 
 _FILTER_PROBES = struct.Struct("<4I")
 
@@ -389,7 +391,9 @@ class ColdTier:
     ``durable`` syncs every commit.
     """
 
-    def __init__(self, path: Path, durability: Durability = "relaxed") -> None:
+    def __init__(
+        self, path: Path, durability: Durability = "relaxed", cache_kib: int = MAX_CACHE_KIB
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if durability == "durable":
@@ -400,7 +404,7 @@ class ColdTier:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.executescript(
                 "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;"
-                f"PRAGMA cache_size=-{_CACHE_KIB};" + pragmas + _SCHEMA
+                f"PRAGMA cache_size=-{int(cache_kib)};" + pragmas + _SCHEMA
             )
             # Holds belonged to holders of an earlier process; none of them is alive now.
             self._db.execute("UPDATE content SET holds = 0 WHERE holds > 0")
