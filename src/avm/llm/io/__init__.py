@@ -14,13 +14,13 @@ one alone. :class:`IOManager` composes them per model from an :class:`IOPolicy`:
   error translation that the HTTP providers send through.
 """
 
+from avm.config import IOPolicy
 from avm.llm.io.batch_lane import BatchAPI, BatchLane
 from avm.llm.io.breaker import BreakerState, CircuitBreaker
 from avm.llm.io.cache import ResponseCache
 from avm.llm.io.coalesce import Coalescer
 from avm.llm.io.keys import is_cacheable, request_key
 from avm.llm.io.pacing import Pacer, estimate_request_tokens
-from avm.llm.io.policy import IOPolicy
 from avm.llm.io.prefix import PREFIXES, PrefixTable, SharedPrefix
 from avm.llm.io.stack import IOManager, build_stack
 from avm.llm.io.streams import ReplyStream, StreamingProvider, stream_reply

@@ -24,13 +24,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from avm.config import IOPolicy
 from avm.errors import ConfigError
 from avm.llm.io.batch_lane import BatchAPI, BatchLane
 from avm.llm.io.breaker import CircuitBreaker
 from avm.llm.io.cache import ResponseCache
 from avm.llm.io.coalesce import Coalescer
 from avm.llm.io.pacing import Pacer
-from avm.llm.io.policy import IOPolicy
 from avm.llm.provider import ModelProvider
 
 __all__ = ["IOManager", "build_stack"]
