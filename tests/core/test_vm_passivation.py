@@ -122,20 +122,24 @@ async def test_a_timer_wakes_a_passivated_agent_at_its_own_deadline(
     assert after - before == pytest.approx(100.0)
 
 
+async def asker(ctx: Context) -> Any:
+    """Asks the "questions" swarm and waits for the answer (WAIT_FOR_RESPONSE)."""
+    task_id = await ctx.swarm_broadcast("questions", "what is 6 x 7?")
+    return await ctx.wait_for_response(task_id)
+
+
+async def answerer(ctx: Context) -> str:
+    """Takes a question, then waits for the host's go-ahead before it replies."""
+    await ctx.swarm_connect("questions")
+    question = await ctx.receive()
+    await ctx.receive()
+    await ctx.reply(question, 42)
+    return str(question.data)
+
+
 async def test_a_reply_wakes_an_agent_waiting_for_a_response(
     make_vm: Callable[..., avm.VM],
 ) -> None:
-    async def asker(ctx: Context) -> Any:
-        task_id = await ctx.swarm_broadcast("questions", "what is 6 x 7?")
-        return await ctx.wait_for_response(task_id)
-
-    async def answerer(ctx: Context) -> str:
-        await ctx.swarm_connect("questions")
-        question = await ctx.receive()
-        await ctx.receive()  # the host's go-ahead
-        await ctx.reply(question, 42)
-        return str(question.data)
-
     async with make(make_vm) as vm:
         answering = vm.spawn(vm.agent(name="answerer")(answerer), agent_id="b")
         await wait_until(lambda: answering.wait_reason is avm.WaitReason.MESSAGE)
@@ -152,7 +156,7 @@ async def test_a_reply_to_another_task_is_not_doubled_by_waking(
 ) -> None:
     # The asker has two questions out; the answer to the first arrives while it waits on the
     # second, passivated. Waking must not count that answer twice.
-    async def asker(ctx: Context) -> Any:
+    async def two_asks(ctx: Context) -> Any:
         first = await ctx.swarm_broadcast("fast", "first?")
         second = await ctx.swarm_broadcast("slow", "second?")
         await ctx.wait_for_response(second)
@@ -162,7 +166,7 @@ async def test_a_reply_to_another_task_is_not_doubled_by_waking(
             return str(exc)
         return "two replies from one answerer"
 
-    async def answerer(ctx: Context, topic: str, hold: bool) -> str:
+    async def topic_answerer(ctx: Context, topic: str, hold: bool) -> str:
         await ctx.swarm_connect(topic)
         question = await ctx.receive()
         if hold:
@@ -171,11 +175,11 @@ async def test_a_reply_to_another_task_is_not_doubled_by_waking(
         return topic
 
     async with make(make_vm) as vm:
-        definition = vm.agent(name="answerer")(answerer)
+        definition = vm.agent(name="answerer")(topic_answerer)
         fast = vm.spawn(definition, agent_id="f", topic="fast", hold=False)
         slow = vm.spawn(definition, agent_id="s", topic="slow", hold=True)
         await wait_until(lambda: fast.wait_reason is slow.wait_reason is avm.WaitReason.MESSAGE)
-        asking = vm.spawn(vm.agent(name="asker")(asker), agent_id="a")
+        asking = vm.spawn(vm.agent(name="asker")(two_asks), agent_id="a")
         assert await fast.result() == "fast"
         await wait_until(lambda: asking.step >= 3)  # waiting for the second answer
         await passivated(vm, asking)
@@ -296,17 +300,6 @@ async def test_a_restart_keeps_passivated_agents_out_of_ram_until_a_message_wake
 async def test_a_reply_wakes_an_agent_passivated_before_a_restart(
     make_vm: Callable[..., avm.VM],
 ) -> None:
-    async def asker(ctx: Context) -> Any:
-        task_id = await ctx.swarm_broadcast("questions", "what is 6 x 7?")
-        return await ctx.wait_for_response(task_id)
-
-    async def answerer(ctx: Context) -> str:
-        await ctx.swarm_connect("questions")
-        question = await ctx.receive()
-        await ctx.receive()  # the host's go-ahead
-        await ctx.reply(question, 42)
-        return str(question.data)
-
     def define(vm: avm.VM) -> None:
         vm.agent(name="asker")(asker)
         vm.agent(name="answerer")(answerer)
