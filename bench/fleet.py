@@ -67,7 +67,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,7 +76,7 @@ from typing import Any
 
 import psutil
 
-from run_info import run_info
+from run_info import child_result, run_info
 
 Json = dict[str, Any]
 
@@ -460,20 +459,9 @@ def launch(config: str, agents: int, timeout_s: float) -> Json:
         "--launched-at",
         repr(launched_at),
     ]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"config": config, "agents": agents, "error": f"timed out after {timeout_s} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        return {
-            "config": config,
-            "agents": agents,
-            "error": f"child exited with status {proc.returncode}: {' | '.join(tail)}",
-        }
-    result: Json = json.loads(lines[-1])
-    result["child_wall_s"] = round(time.time() - launched_at, 3)
+    result = child_result(command, timeout_s, config=config, agents=agents)
+    if "error" not in result:
+        result["child_wall_s"] = round(time.time() - launched_at, 3)
     return result
 
 

@@ -51,10 +51,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -65,6 +63,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psutil
+
+from run_info import child_result, run_info
 
 Json = dict[str, Any]
 
@@ -457,15 +457,9 @@ def launch(config: str, server: FakeServer, agents: int, timeout_s: float) -> Js
         str(agents),
     ]
     server_cpu = server.cpu_s()
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"config": config, "error": f"timed out after {timeout_s} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        return {"config": config, "error": f"exit status {proc.returncode}: {' | '.join(tail)}"}
-    result: Json = json.loads(lines[-1])
+    result = child_result(command, timeout_s, config=config)
+    if "error" in result:
+        return result
     result["server_cpu_ms_per_call"] = round(
         (server.cpu_s() - server_cpu) / max(1, result["calls"]) * 1e3, 4
     )
@@ -554,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     started = time.perf_counter()
+    head = run_info("io_calls")
     if args.breakdown:
         args.configs = list(BREAKDOWN)
     runs: dict[str, list[Json]] = {c: [] for c in args.configs}
@@ -573,17 +568,8 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 print(f"io_calls: [{round_}/{args.repeat}] {config:>23}: {line}", file=sys.stderr)
     results = [fold(runs[c]) for c in args.configs]
-    memory = psutil.virtual_memory()
     report = {
-        "benchmark": "io_calls",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gib": round(memory.total / 2**30, 1),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **head,
         "workload": {
             "agents": args.agents,
             "model_calls_per_agent": CALLS,

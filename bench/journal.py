@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from run_info import run_info
+from run_info import child_result, run_info
 
 if TYPE_CHECKING:
     import avm
@@ -536,16 +536,7 @@ def launch(kind: str, timeout_s: float, *, state: str | None = None, **options: 
     command = _child(kind, **options)
     if state is not None:
         command += ["--state-dir", state]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"config": kind, "error": f"timed out after {timeout_s} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        return {"config": kind, "error": f"exit status {proc.returncode}: {' | '.join(tail)}"}
-    result: Json = json.loads(lines[-1])
-    return result
+    return child_result(command, timeout_s, config=kind)
 
 
 _MEDIANS = (
