@@ -81,6 +81,17 @@ def test_a_missing_or_unreadable_source_is_located(tmp_path: Path) -> None:
     ]
 
 
+def test_a_file_name_with_a_nul_byte_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # Found by the fuzz test: the OS refuses such a path with a ValueError of its own.
+    text = '{"name": "a", "program": [{"now": null, "as": "t"}], "knowledge": {"n": "x\\u0000"},'
+    text += ' "prompts": {"p": {"file": "p\\u0000.txt"}}}'
+    with pytest.raises(assembler.TemplateError) as refused:
+        assembler.build_text(text, file="t.json", base_dir=tmp_path)
+    found = [p.found for p in refused.value.problems]
+    assert "'x\\x00' (a NUL byte)" in found
+    assert "'p\\x00.txt' (a NUL byte)" in found
+
+
 async def test_sources_are_loaded_and_searchable_private_per_agent(tmp_path: Path) -> None:
     write_sources(tmp_path)
     image = assembler.build(tmp_path / "desk.yaml")

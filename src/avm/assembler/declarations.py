@@ -568,6 +568,9 @@ class Declarations(Shapes):
         name = self.string(node, path, expected="a relative path to a file or directory")
         if name is None:
             return None
+        if "\x00" in name:
+            self.problem(node.mark, path, "a file or directory name", f"{name!r} (a NUL byte)")
+            return None
         if _URI.fullmatch(name) is not None or Path(name).is_absolute():
             self.problem(
                 node.mark,

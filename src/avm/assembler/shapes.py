@@ -26,6 +26,7 @@ from avm.assembler.source import (
     SourceNode,
     describe,
     join_path,
+    problem_at,
 )
 
 __all__ = [
@@ -72,17 +73,7 @@ class Shapes:
         self.problems: list[Problem] = []
 
     def problem(self, mark: Mark, path: str, expected: str, found: str, hint: str = "") -> None:
-        self.problems.append(
-            Problem(
-                file=self.file,
-                line=mark.line,
-                column=mark.column,
-                path=path,
-                expected=expected,
-                found=found,
-                hint=hint,
-            )
-        )
+        self.problems.append(problem_at(self.file, mark, path, expected, found, hint))
 
     def mapping(self, node: SourceNode, path: str, expected: str) -> MapNode | None:
         if isinstance(node, MapNode):
@@ -190,6 +181,9 @@ class Shapes:
         """Read a file named relative to the template; refuse paths that leave its directory."""
         name = self.string(node, path, expected="a relative file path")
         if name is None:
+            return None
+        if "\x00" in name:
+            self.problem(node.mark, path, "a relative file path", f"{name!r} (a NUL byte)")
             return None
         if self.base_dir is None:
             why = (
