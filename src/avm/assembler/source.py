@@ -40,6 +40,7 @@ __all__ = [
     "SourceNode",
     "describe",
     "load_source",
+    "problem_at",
     "to_data",
 ]
 
@@ -63,6 +64,21 @@ class Mark:
 
     line: int
     column: int
+
+
+def problem_at(
+    file: str, mark: Mark, path: str, expected: str, found: str, hint: str = ""
+) -> Problem:
+    """A problem at ``mark`` in ``file``."""
+    return Problem(
+        file=file,
+        line=mark.line,
+        column=mark.column,
+        path=path,
+        expected=expected,
+        found=found,
+        hint=hint,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,17 +165,7 @@ class _Builder:
         self._anchors: set[int] = set()
 
     def problem(self, mark: Mark, path: str, expected: str, found: str, hint: str = "") -> None:
-        self.problems.append(
-            Problem(
-                file=self.file,
-                line=mark.line,
-                column=mark.column,
-                path=path,
-                expected=expected,
-                found=found,
-                hint=hint,
-            )
-        )
+        self.problems.append(problem_at(self.file, mark, path, expected, found, hint))
 
     def build(self, node: yaml_nodes.Node, path: str, depth: int) -> SourceNode | None:
         mark = _mark(node)
