@@ -13,6 +13,7 @@ import pytest
 
 import avm
 from avm import Context, WaitReason
+from avm._core.agent_run import AgentRun
 from avm._core.interpreter import WaitingInstruction
 from avm._core.runtime import Runtime
 from avm.errors import SwarmTimeout
@@ -45,7 +46,9 @@ def chain(agent_id: str) -> list[Any]:
     awaited: Any = task.get_coro()
     while awaited is not None:
         links.append(awaited)
-        if isinstance(awaited, CoroutineType):
+        if isinstance(awaited, AgentRun):
+            awaited = awaited.agent
+        elif isinstance(awaited, CoroutineType):
             awaited = awaited.cr_await
         elif isinstance(awaited, WaitingInstruction):
             awaited = awaited.future
@@ -92,9 +95,10 @@ async def test_a_parked_agent_awaits_its_future_through_no_pipeline_frame(
         handle = vm.spawn(vm.agent(name="waiter")(waiter), agent_id="w", how=how)
         await wait_until(lambda: handle.wait_reason is reason)
         links = chain("w")
-        # The VM's own coroutine, the agent's function, then the instruction object and the
-        # future: nothing else.
-        assert [link.cr_code.co_name for link in links[:2]] == ["_run", "waiter"]
+        # The VM's driver, the agent's function, then the instruction object and the future:
+        # nothing else.
+        assert isinstance(links[0], AgentRun)
+        assert links[1].cr_code.co_name == "waiter"
         assert len(links) == 4
         instruction, future = links[2:]
         assert isinstance(instruction, WaitingInstruction)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from avm._core.agent_run import AgentRun
 from avm._core.interpreter import WaitingInstruction, execute
 from avm._core.process import AgentProcess
 from avm._core.states import AgentState, WaitReason
@@ -100,7 +101,8 @@ class _Wait:
 
 def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
     """The wait ``task`` is parked in, if it is one passivation may interrupt; else None."""
-    coro: Any = task.get_coro()
+    run = task.get_coro()
+    coro: Any = run.agent if isinstance(run, AgentRun) else run
     in_instruction = False
     while True:
         awaited = getattr(coro, "cr_await", None)

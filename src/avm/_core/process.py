@@ -76,7 +76,6 @@ class AgentProcess:
         "id",
         "kwargs",
         "mailbox",
-        "on_done",
         "outcome",
         "priority",
         "recovered_step",
@@ -123,11 +122,3 @@ class AgentProcess:
         self.resume_state: bytes | None = None
         self.recovered_step: int | None = None
         self.flags = 0
-        # What the VM does when this process's task ends (one callable shared by all).
-        self.on_done: Callable[[AgentProcess, asyncio.Task[None]], None] | None = None
-
-    def task_done(self, task: asyncio.Task[None]) -> None:
-        """The task's done callback: hand the process and its task to the VM's ``on_done``."""
-        on_done = self.on_done
-        if on_done is not None:
-            on_done(self, task)

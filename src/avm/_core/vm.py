@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 import msgspec
 import psutil
 
+from avm._core.agent_run import NO_KWARGS, AgentRun
 from avm._core.clock import Clock, SystemClock
 from avm._core.context import Context
 from avm._core.gas import GasAccount, GasLedger, to_gas, to_mgas
@@ -76,8 +77,6 @@ log = logging.getLogger(__name__)
 
 Reducer = Callable[[list[Any]], Any]
 
-# What a started agent's process keeps of its spawn arguments: never written to.
-_NO_KWARGS: dict[str, Any] = {}
 
 # The context agent tasks' done callbacks run in: the VM's clean-up reads no context variable.
 _DONE_CONTEXT = contextvars.Context()
@@ -585,25 +584,23 @@ class VM:
         record: AgentRecord | None = None,
         activation: PassivatedAgent | None = None,
     ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._run(rt, proc, args if fresh else None, record, activation), name=proc.id
-        )
-        # A bound method of the process (64 bytes) rather than a closure (~280 with its cells),
-        # run in one shared context rather than a copy per task: every resident agent keeps
-        # its callback for as long as its task lives.
-        proc.on_done = self._on_done
-        task.add_done_callback(proc.task_done, context=_DONE_CONTEXT)
+        start_up = self._start_up(rt, proc, args if fresh else None, record, activation)
+        run = AgentRun(proc, rt.scheduler, start_up, self._on_done)
+        task = asyncio.get_running_loop().create_task(run, name=proc.id)
+        # The run is also the done callback, called in one shared context rather than a copy
+        # per task: every resident agent keeps its callback for as long as its task lives.
+        task.add_done_callback(run, context=_DONE_CONTEXT)
         proc.task = task
 
-    async def _run(
+    async def _start_up(
         self,
         rt: Runtime,
         proc: AgentProcess,
         fresh_args: bytes | None,
         record: AgentRecord | None,
-        activation: PassivatedAgent | None = None,
+        activation: PassivatedAgent | None,
     ) -> None:
-        scheduler = rt.scheduler
+        """What runs before the agent's own code: its first record, or its restored past."""
         if activation is not None:
             await self._reactivate(rt, proc)
         elif record is not None:
@@ -613,22 +610,9 @@ class VM:
             if head is not None:  # an agent id with history starts a new incarnation
                 proc.step, proc.chain_head = head[0] + 1, head[1]
             self._record(rt, proc, fresh_args, first_step=proc.step)
-        # This frame lives as long as the agent: keep none of the start-up values in it.
-        fresh_args = record = activation = None
-        await scheduler.acquire(proc.priority)
+        await rt.scheduler.acquire(proc.priority)
         proc.holds_slot = True
-        scheduler.move(proc, AgentState.RUNNING)
-        assert proc.context is not None
-        try:
-            agent = proc.definition.fn(proc.context, **proc.kwargs)
-            proc.kwargs = _NO_KWARGS  # they are the agent's locals now (and in its record)
-            proc.outcome = await agent
-        except Exception as exc:
-            proc.outcome = exc
-            scheduler.move(proc, AgentState.FAILED)
-            log.warning("agent %s failed: %s: %s", proc.id, type(exc).__name__, exc)
-        else:
-            scheduler.move(proc, AgentState.DONE)
+        rt.scheduler.move(proc, AgentState.RUNNING)
 
     def _start_activated(self, proc: AgentProcess, record: PassivatedAgent) -> None:
         self._start_task(self._runtime(), proc, fresh=False, activation=record)
@@ -677,7 +661,7 @@ class VM:
             # The agent lives on as its passivation record; this incarnation only goes away.
             proc.mailbox = None
             proc.context = None
-            proc.kwargs = _NO_KWARGS
+            proc.kwargs = NO_KWARGS
             return
         rt.recovery.done(proc.id)  # an agent that ended while replaying no longer holds the gate
         if not task.cancelled() and task.exception() is not None:
@@ -699,7 +683,7 @@ class VM:
             proc.mailbox.close()
             proc.mailbox = None
         proc.schedules = None
-        proc.kwargs = _NO_KWARGS
+        proc.kwargs = NO_KWARGS
         try:
             rt.store.agent_update(
                 proc.id, status=status, spent=proc.gas.spent, budget=proc.gas.budget
