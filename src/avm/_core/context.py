@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Context"]
 
+# SWARM_WAIT's arguments for a receive with no task and no timeout.
+_ANY_MESSAGE: tuple[Any, ...] = (None, None, None)
+
 SqlParams = Sequence[Any] | Mapping[str, Any]
 ModelInput = str | Chat | Sequence[str | Prompt | Message | Mapping[str, Any]]
 
@@ -201,6 +204,9 @@ class Context:
 
     def receive(self, *, timeout_s: float | None = None) -> Coroutine[Any, Any, Envelope]:
         """SWARM_WAIT with no task: the next message in this agent's mailbox."""
+        if timeout_s is None:
+            # The parked instruction keeps its arguments: one tuple for every such receive.
+            return instruction(self._rt, self._proc, Op.SWARM_WAIT, _ANY_MESSAGE)
         return self._x(Op.SWARM_WAIT, None, None, timeout_s)
 
     def swarm_wait(
