@@ -122,6 +122,36 @@ async def test_a_timer_wakes_a_passivated_agent_at_its_own_deadline(
     assert after - before == pytest.approx(100.0)
 
 
+async def ticker(ctx: Context) -> list[tuple[int, float]]:
+    seen = []
+    async for tick in ctx.schedule_task("tick", interval_s=100.0, count=3):
+        seen.append((tick, await ctx.now()))
+    return seen
+
+
+async def test_an_agent_between_ticks_of_a_recurring_task_is_passivated(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    clock = MockClock()
+    async with make(make_vm, clock=clock) as vm:
+        handle = vm.spawn(vm.agent(name="ticker")(ticker), agent_id="t")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
+        clock.advance(2 * AFTER_S)
+        await passivated(vm, handle)  # parked inside the async generator's instruction
+        step = handle.step
+        clock.advance(100.0 - 2 * AFTER_S)  # tick 1 wakes it; it passivates again after
+        await wait_until(
+            lambda: handle.step > step and handle.state is avm.AgentState.WAITING,
+            what="waiting for tick 2",
+        )
+        clock.advance(2 * AFTER_S)
+        await passivated(vm, handle)
+        clock.advance(100.0 - 2 * AFTER_S)
+        ticks = await handle.result()
+    start = ticks[0][1]
+    assert [(tick, at - start) for tick, at in ticks] == [(0, 0.0), (1, 100.0), (2, 200.0)]
+
+
 async def asker(ctx: Context) -> Any:
     """Asks the "questions" swarm and waits for the answer (WAIT_FOR_RESPONSE)."""
     task_id = await ctx.swarm_broadcast("questions", "what is 6 x 7?")

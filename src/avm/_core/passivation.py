@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
-from collections.abc import Callable
-from types import CoroutineType
+from collections.abc import AsyncGenerator, Callable
+from types import AsyncGeneratorType, CoroutineType
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -83,6 +84,15 @@ _REPLIES = SwarmBus.wait_replies.__code__
 _SLEEP = TimerService.sleep_until.__code__
 _FUTURE_OF = {_RECEIVE: "getter", _REPLIES: "waiter", _SLEEP: "future"}
 _EXECUTE = execute.__code__
+
+
+async def _one_item() -> AsyncGenerator[None, None]:
+    yield None
+
+
+# What a coroutine awaits while it iterates an async generator (``async for`` over
+# ``ctx.schedule_task``): the step object of ``__anext__``, which hides its generator.
+_ASYNC_GEN_STEP = type(_one_item().__anext__())
 _IDLE_REASONS = (WaitReason.MESSAGE, WaitReason.TIMER)
 # Sweep this many times per threshold: an agent passivates between 1 and 1.25 thresholds idle.
 _SWEEPS_PER_THRESHOLD = 4
@@ -106,6 +116,8 @@ def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
     in_instruction = False
     while True:
         awaited = getattr(coro, "cr_await", None)
+        if type(awaited) is _ASYNC_GEN_STEP:
+            awaited = _generator_awaited(awaited)
         if isinstance(awaited, WaitingInstruction):  # parked with no frames: it says where
             parked = awaited.parked()
             if parked is None:
@@ -132,6 +144,18 @@ def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
     timer = local.get("timer")
     deadline = None if timer is None else float(timer.deadline)
     return _Wait(code, deadline, str(local["task_id"]) if code is _REPLIES else None)
+
+
+def _generator_awaited(step: Any) -> Any:
+    """What the async generator behind an ``__anext__`` step awaits (None if not suspended).
+
+    The step object does not expose its generator, but the garbage collector's referents of
+    it do; only a sweep's candidates are looked at, so the cost is no concern.
+    """
+    for referent in gc.get_referents(step):
+        if isinstance(referent, AsyncGeneratorType):
+            return referent.ag_await
+    return None
 
 
 class _InboxTap:
