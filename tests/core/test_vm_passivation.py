@@ -530,3 +530,48 @@ async def test_a_lost_held_list_does_not_stop_a_passivated_agent_after_a_restart
         await vm.handle("r").post("x")
         assert await vm.handle("r").result() == ["x"]
         assert vm.held("r") == ()
+
+
+async def test_a_top_up_keeps_a_passivated_agents_deadline(make_vm: Callable[..., avm.VM]) -> None:
+    clock = MockClock()
+    async with make(make_vm, clock=clock) as vm:
+        handle = vm.spawn(vm.agent(name="sleeper", budget=100.0)(sleeper), agent_id="s")
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
+        clock.advance(2 * AFTER_S)
+        await passivated(vm, handle)
+        handle.top_up(10.0)  # replaces the record the deadline was armed for
+        clock.advance(100.0 - 2 * AFTER_S)
+        assert not handle.passivated
+        await wait_until(lambda: handle.state is avm.AgentState.WAITING and bool(tasks_of("s")))
+        clock.advance(0.0)
+        before, after = await handle.result()
+    assert after - before == pytest.approx(100.0)
+
+
+async def test_content_held_while_passivated_joins_the_record(
+    make_vm: Callable[..., avm.VM],
+) -> None:
+    async with make(make_vm, clock=MockClock()) as vm:
+        handle = vm.spawn(vm.agent(name="receiver")(receiver), agent_id="r", rounds=1)
+        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+        first = vm.hold("r", b"held before" * 100)
+        assert vm.passivate("r")
+        await passivated(vm, handle)
+        later = vm.hold("r", b"held while away" * 100)
+        assert vm.hold("r", b"held while away" * 100) == later
+        assert set(vm.held("r")) == {first, later}
+        assert vm.memory is not None
+        assert vm.memory.holds(later) == 1
+    async with make(make_vm) as vm:
+        vm.agent(name="receiver")(receiver)
+        await vm.recovered()
+        assert set(vm.held("r")) == {first, later}  # it was in the saved record
+        vm.collect()
+        assert vm.memory is not None
+        assert later in vm.memory
+        await vm.handle("r").post("x")
+        assert await vm.handle("r").result() == ["x"]
+        assert set(vm.held("r")) == {first, later}
+        assert vm.memory.holds(later) == 1
+        await vm.delete("r")
+        assert vm.memory.holds(later) == 0

@@ -48,6 +48,7 @@ between it and restore filling the mailbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -388,6 +389,34 @@ class Passivator:
         self.records[record.agent_id] = record
         self._save(record)
 
+    def hold(self, agent_id: str, ref: ContentRef) -> None:
+        """A hold of ``ref`` for a passivated agent: a new link list in its record, saved.
+
+        An agent passivated in this run keeps its holds while away (its record's list is held
+        too); one revived from an earlier run takes them again when it wakes (:meth:`_rehold`),
+        and meanwhile its record, a garbage-collection root, keeps the content.
+        """
+        record = self.records[agent_id]
+        store = self._memory
+        children: tuple[ContentRef, ...] = ()
+        if record.memory is not None:
+            # A list lost with an earlier run: start a new one.
+            with contextlib.suppress(ContentError):
+                children = store.read_links(record.memory)[0]
+        if ref in children:
+            return
+        revived = agent_id in self._revived
+        if not revived:
+            store.incref(ref)
+        memory = store.put_links((*children, ref), hold=not revived)
+        if record.memory is not None and not revived:
+            store.decref(record.memory)
+        self.update(msgspec.structs.replace(record, memory=memory))
+        cold = [memory]
+        if store.holds(ref) <= 1:
+            cold.append(ref)
+        store.demote(cold, Tier.COLD)
+
     def load(self, data: bytes, first_step: int) -> PassivatedAgent | None:
         """A record read from the state store, its times back on the timer clock; None if it
         cannot be used (undecodable, or left by an earlier incarnation of the agent)."""
@@ -457,7 +486,14 @@ class Passivator:
                 self.activate(agent_id)
 
     def _deadline(self, record: PassivatedAgent) -> None:
-        if self.records.get(record.agent_id) is record:
+        # The record may have been replaced since the timer was armed (a top-up, a hold), but
+        # the wait it was armed for is the same one if the step and the deadline are.
+        current = self.records.get(record.agent_id)
+        if (
+            current is not None
+            and current.journal_pos == record.journal_pos
+            and current.deadline == record.deadline
+        ):
             self.activate(record.agent_id)
 
     def activate(self, agent_id: str) -> AgentProcess | None:

@@ -912,10 +912,14 @@ class VM:
         content. While the agent is passivated, what only it holds moves to the cold tier.
         """
         store = self._content()
-        if self._passive_record(agent_id) is None:
+        away = self._passive_record(agent_id) is not None
+        if not away:
             self._process(agent_id)  # raises UnknownAgent
         ref = store.put(content, hold=False)
-        self._hold_ref(agent_id, ref)
+        if away:
+            self._away().hold(agent_id, ref)
+        else:
+            self._hold_ref(agent_id, ref)
         return ref
 
     def _hold_ref(self, agent_id: str, ref: ContentRef) -> None:
