@@ -1,20 +1,20 @@
-"""The packed warm table: a plain model (dict + LRU list) must agree with it after every step.
+"""The packed warm table: a plain model (a dict) must agree with it after every step.
 
-The stateful test inserts, removes, touches and rewrites entries of many sizes (small ones
-share chunks, large ones get their own), so chunks fill, empty, and get compacted while other
-entries' bytes are moved; every step checks every entry's key, bytes, fields and LRU position.
+The stateful test inserts, removes, touches, evicts and rewrites entries of many sizes (small
+ones share chunks, large ones get their own), so chunks fill, empty, and get compacted while
+other entries' bytes are moved; every step checks every entry's key, bytes and fields, and
+every full CLOCK sweep hands out the entries not used since the last one before those that were.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from avm.memory.packed import CHUNK_BYTES, MAX_HOLDS, OWN_CHUNK, PackedTable
+from avm.memory.packed import CHUNK_BYTES, MAX_HOLDS, OWN_CHUNK, SLOT_BYTES, PackedTable
 
 
 def key_of(n: int) -> bytes:
@@ -44,8 +44,12 @@ class PackedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.table = PackedTable()
-        self.model: OrderedDict[bytes, Entry] = OrderedDict()  # oldest first
+        self.model: dict[bytes, Entry] = {}
         self.next_key = 0
+        # Keys inserted or touched since the last full sweep, and whether a partial sweep has
+        # since unmarked some of them (then the order of the next full sweep is not checked).
+        self.used: set[bytes] = set()
+        self.order_known = True
 
     @rule(size=sizes, count=st.integers(0, MAX_HOLDS), flags=st.integers(0, 255))
     def insert(self, size: int, count: int, flags: int) -> None:
@@ -56,13 +60,13 @@ class PackedMachine(RuleBasedStateMachine):
         slot = self.table.insert(key, data, count, flags, codec)
         assert slot >= 0
         self.model[key] = Entry(data, count, flags, codec)
+        self.used.add(key)
 
     @precondition(lambda self: len(self.model) > 0)
     @rule(pick=st.integers(0, 10**6))
     def remove(self, pick: int) -> None:
         key = list(self.model)[pick % len(self.model)]
-        self.table.remove(self.table.find(key))
-        del self.model[key]
+        self.remove_key(key)
         assert self.table.find(key) == -1
 
     @precondition(lambda self: len(self.model) > 0)
@@ -79,7 +83,39 @@ class PackedMachine(RuleBasedStateMachine):
     def touch(self, pick: int) -> None:
         key = list(self.model)[pick % len(self.model)]
         self.table.touch(self.table.find(key))
-        self.model.move_to_end(key)
+        self.used.add(key)
+
+    @rule()
+    def sweep_everything(self) -> None:
+        table = self.table
+        order = [table.key(slot) for slot in table.victims(2**62, len(self.model) + 5)]
+        assert sorted(order) == sorted(self.model)  # every live entry, each once
+        if self.order_known:
+            untouched = [key for key in order if key not in self.used]
+            assert order[: len(untouched)] == untouched  # second chance for the used ones
+        self.used.clear()
+        self.order_known = True
+
+    @precondition(lambda self: len(self.model) > 0)
+    @rule(size=st.integers(0, 20_000), limit=st.integers(1, 30))
+    def evict(self, size: int, limit: int) -> None:
+        table = self.table
+        chosen = table.victims(size, limit)
+        assert len(set(chosen)) == len(chosen) <= limit
+        freed = [table.lengths[slot] + SLOT_BYTES for slot in chosen]
+        if sum(freed) < size:
+            assert len(chosen) in (limit, len(self.model))  # stopped early only when it had to
+        elif chosen:
+            assert sum(freed[:-1]) < size  # and no later than it had to
+        keys = [table.key(slot) for slot in chosen]
+        for key in keys:
+            self.remove_key(key)
+        self.order_known = False
+
+    def remove_key(self, key: bytes) -> None:
+        self.table.remove(self.table.find(key))
+        del self.model[key]
+        self.used.discard(key)
 
     @precondition(lambda self: len(self.model) > 0)
     @rule(pick=st.integers(0, 10**6), delta=st.integers(-5, 5), bit=st.sampled_from([1, 2, 4]))
@@ -107,10 +143,10 @@ class PackedMachine(RuleBasedStateMachine):
         table = self.table
         assert len(table) == len(self.model)
         slots = list(table.slots())
-        assert [table.key(slot) for slot in slots] == list(self.model)  # LRU order
-        assert table.oldest() == (slots[0] if slots else -1)
-        for slot, (key, entry) in zip(slots, self.model.items(), strict=True):
-            assert table.find(key) == slot
+        assert sorted(table.key(slot) for slot in slots) == sorted(self.model)
+        for key, entry in self.model.items():
+            slot = table.find(key)
+            assert slot in slots
             assert bytes(table.data(slot)) == entry.data
             assert table.counts[slot] == entry.count
             assert table.flags[slot] == entry.flags
@@ -171,3 +207,30 @@ def test_compaction_moves_live_bytes_and_gives_chunks_back() -> None:
     for i, key in enumerate(keys):
         if i % 4 == 0:
             assert bytes(table.data(table.find(key))) == payload(i, 1000)
+
+
+def test_entries_used_since_the_hand_passed_are_evicted_last() -> None:
+    table = PackedTable()
+    keys = [key_of(i) for i in range(200)]
+    for i, key in enumerate(keys):
+        table.insert(key, payload(i, 100), 0, 0, -1)
+    table.victims(2**62, len(keys))  # a full sweep: nothing counts as used any more
+    read = set(keys[10::20])
+    for key in read:
+        table.touch(table.find(key))
+    size = (100 + SLOT_BYTES) * (len(keys) - len(read))
+    chosen = [table.key(slot) for slot in table.victims(size, 1000)]
+    assert len(chosen) == len(keys) - len(read)
+    assert not read & set(chosen)
+
+
+def test_free_slots_are_reused_and_skipped() -> None:
+    table = PackedTable()
+    keys = [key_of(i) for i in range(10)]
+    slots = [table.insert(key, payload(i, 50), 0, 0, -1) for i, key in enumerate(keys)]
+    for slot in slots[2:5]:
+        table.remove(slot)
+    assert list(table.slots()) == slots[:2] + slots[5:]
+    assert sorted(table.victims(2**62, 100)) == slots[:2] + slots[5:]
+    again = [table.insert(key_of(100 + i), payload(i, 50), 0, 0, -1) for i in range(4)]
+    assert sorted(again) == [*slots[2:5], 10]  # the three freed slots first, then a new one

@@ -9,8 +9,10 @@ budget, the hot tier may use ``hot_fraction``; the warm tier takes what is left.
 The policy is least-recently-used, applied after every operation that grows RAM:
 
 1. while hot is over its share, the least recently used hot entry is compressed into warm;
-2. while the total is over the budget, the least recently used warm entries go to disk (in one
-   transaction per batch), and if warm is empty, hot entries go straight to disk.
+2. while the total is over the budget, warm entries not used lately go to disk (in one
+   transaction per batch; the warm table picks them by CLOCK, an approximation of LRU that
+   costs a byte per entry, see :mod:`avm.memory.packed`), and if warm is empty, hot entries
+   go straight to disk.
 
 A read of warm or cold content brings it back to hot (and so may push other content down).
 Written as a string, a budget may name the hot share after a comma: ``"2GB,hot=64MB"`` or
@@ -29,8 +31,7 @@ import msgspec
 
 from avm.config import parse_bytes
 from avm.errors import ConfigError
-from avm.memory.packed import SLOT_BYTES
-from avm.memory.tiers import RAM_ENTRY_BYTES, Entry, TierSet, WarmTier, bytes_object_cost
+from avm.memory.tiers import RAM_ENTRY_BYTES, Entry, TierSet, bytes_object_cost
 
 __all__ = ["MIN_BUDGET", "MemoryBudget", "enforce"]
 
@@ -137,8 +138,7 @@ def enforce(budget: MemoryBudget, tiers: TierSet, keep: Entry | None = None) -> 
         if len(warm):
             # Warm entries are slots; their bytes leave RAM for good only when their chunk
             # empties or is compacted, so the estimate may be high: the loop re-measures.
-            slots = _oldest_warm(warm, excess)
-            tiers.to_cold(slots=slots)
+            tiers.to_cold(slots=warm.table.victims(excess, _COLD_BATCH))
         else:
             batch: list[Entry] = []
             freed = 0
@@ -154,19 +154,3 @@ def enforce(budget: MemoryBudget, tiers: TierSet, keep: Entry | None = None) -> 
                 break
             tiers.to_cold(batch)
         excess = budget.total_excess(tiers.ram_bytes())
-
-
-def _oldest_warm(warm: WarmTier, excess: int) -> list[int]:
-    """The least recently used warm slots whose bytes add up to ``excess`` (one batch at most)."""
-    table = warm.table
-    lengths = table.lengths
-    slots: list[int] = []
-    freed = 0
-    slot = table.oldest()
-    while slot >= 0:
-        slots.append(slot)
-        freed += lengths[slot] + SLOT_BYTES
-        if freed >= excess or len(slots) >= _COLD_BATCH:
-            break
-        slot = table.newer(slot)
-    return slots

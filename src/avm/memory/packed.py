@@ -1,4 +1,4 @@
-"""A packed LRU table: many small byte strings under 32-byte keys, with no object per entry.
+"""A packed table with CLOCK eviction: many small byte strings under 32-byte keys, no object each.
 
 The warm tier holds most of a large fleet's content (every parked agent's turns), and there a
 Python object per entry costs more than the compressed bytes it guards: a ``bytes`` header, a
@@ -12,15 +12,23 @@ module keeps the same information in a few flat arrays and shared buffers instea
     │ flags[s]   codecs[s]   │        │ s' │  backward-shift delete    ▲ chunk_of[s],
     │ chunk_of[s] offsets[s] ├─────────────────────────────────────────┘ offsets[s], lengths[s]
     │ lengths[s] hashes[s]   │
-    │ prev[s] next[s] (LRU)  │  intrusive doubly-linked list, oldest = head
+    │ recent[s] (CLOCK)      │  one byte: used since the clock hand last passed?
     └────────────────────────┘
 
-About 67 bytes of slot fields, 6-12 bytes of index and 4 bytes of chunk membership per entry,
+About 58 bytes of slot fields, 6-12 bytes of index and 4 bytes of chunk membership per entry,
 plus the data itself with no per-entry header or rounding. Nothing in here is a Python object
 per entry, so the cycle collector never sees the entries either.
 
-* **Slots** are dense integers, reused through a free list (threaded through ``next``). A
-  slot number is stable for as long as its entry lives, whatever happens to its bytes.
+* **Slots** are dense integers, reused through a free list (threaded through ``lengths``,
+  which a free slot does not need). A slot number is stable for as long as its entry lives,
+  whatever happens to its bytes.
+* **Eviction order** is CLOCK (second chance), an approximation of least-recently-used that
+  costs one byte per slot where an exact LRU list cost eight (two 32-bit links). Inserting or
+  touching an entry marks it *used*. :meth:`PackedTable.victims` moves a hand around the slots:
+  an entry marked used loses its mark and is passed over (its second chance), an unmarked one
+  is chosen. So an entry is chosen only if it was not used since the hand last passed it, and
+  every entry not used since then is chosen before any entry that was. Both the marking and
+  the sweep are ``bytearray`` operations (a store, ``find``, ``translate``), which run in C.
 * **Chunks**: data shorter than ``OWN_CHUNK`` is appended to the current 64 KiB ``bytearray``
   (the *fill* chunk); longer data becomes a chunk of its own (the ``bytes`` object itself,
   not copied). A chunk whose entries are all gone is dropped. A chunk that is less than half
@@ -50,15 +58,22 @@ MAX_HOLDS = 2**32 - 1  # a slot's hold count is 32 bits (the store refuses more)
 OWN_CHUNK = CHUNK_BYTES // 4
 """Data at least this long is kept as a chunk of its own rather than packed."""
 
-_FREE = 0xFFFFFFFF  # chunk_of of a free slot
+_FREE = 0xFFFFFFFF  # chunk_of of a free slot; lengths of the last slot of the free list
+# A slot's byte in ``_recent``: the CLOCK state of its entry, or that it has none.
+_UNUSED = 0  # not used since the hand last passed: the next one the hand reaches is chosen
+_USED = 1  # inserted or touched since: passed over once (and unmarked) before it can be chosen
+_CHOSEN = 2  # chosen by the sweep in progress (so a wrapping sweep never picks it twice)
+_VACANT = 3  # a free slot
+# Passing over used entries unmarks them, in one ``translate`` over the stretch the hand crossed.
+_PASS_OVER = bytes(_UNUSED if b == _USED else b for b in range(256))
 _EMPTY = -1  # an empty index bucket
 _MIN_INDEX = 64
 _MAX_LOAD = 2 / 3
 # For each single-bit flag, a byte translation table that clears it.
 _CLEARED = {1 << bit: bytes(b & ~(1 << bit) for b in range(256)) for bit in range(8)}
-# Bytes of the per-slot fields: key, count (q), flags (B), codec (h), chunk, offset, length and
-# hash (I), prev and next (i); plus 1/16 for ``array``'s over-allocation when it grows.
-SLOT_BYTES = KEY + 4 + 1 + 2 + 2 + 3 * 4 + 2 * 4
+# Bytes of the per-slot fields: key, count (I), flags (B), codec (h), offset (H), chunk, length
+# and hash (I), and the CLOCK byte; plus 1/16 for ``array``'s over-allocation when it grows.
+SLOT_BYTES = KEY + 4 + 1 + 2 + 2 + 3 * 4 + 1
 _SLOT_RAM = SLOT_BYTES + (SLOT_BYTES + 15) // 16
 # Per chunk: its list slot, used/live/count entries, and the bytearray object's header (a
 # pymalloc block) plus malloc's header on its buffer.
@@ -86,16 +101,14 @@ class PackedTable:
         "_fill",
         "_free_chunks",
         "_free_slot",
+        "_hand",
         "_hashes",
-        "_head",
         "_index",
         "_live",
         "_mask",
         "_member_total",
         "_members",
-        "_next",
-        "_prev",
-        "_tail",
+        "_recent",
         "chunk_of",
         "codecs",
         "counts",
@@ -114,12 +127,10 @@ class PackedTable:
         self.chunk_of = array("I")
         self.offsets = array("H")  # within a 64 KiB chunk (or 0 in a chunk of its own)
         self.lengths = array("I")
-        self._prev = array("i")
-        self._next = array("i")
+        self._recent = bytearray()  # CLOCK state per slot (see the module docstring)
         self._hashes = array("I")  # low 32 bits of hash(key): the index never rehashes keys
         self._free_slot = -1
-        self._head = -1  # least recently used
-        self._tail = -1  # most recently used
+        self._hand = 0  # the slot the CLOCK sweep looks at next
         self._live = 0
         self._index = array("i")  # allocated with the first entry
         self._mask = 0
@@ -184,16 +195,18 @@ class PackedTable:
     # -- change --------------------------------------------------------------------------
 
     def insert(self, key: bytes, data: bytes, count: int, flags: int, codec: int) -> int:
-        """Add ``key`` (which must not be present) as the most recently used entry; its slot."""
+        """Add ``key`` (which must not be present), marked used; its slot."""
         hashed = hash(key) & 0xFFFFFFFF
         slot = self._free_slot
         if slot >= 0:
-            self._free_slot = self._next[slot]
+            following = self.lengths[slot]
+            self._free_slot = -1 if following == _FREE else following
             self.keys[slot << 5 : (slot << 5) + KEY] = key
             self.counts[slot] = count
             self.flags[slot] = flags
             self.codecs[slot] = codec
             self._hashes[slot] = hashed
+            self._recent[slot] = _USED
         else:
             slot = len(self.counts)
             self.keys += key
@@ -203,24 +216,15 @@ class PackedTable:
             self.chunk_of.append(_FREE)
             self.offsets.append(0)
             self.lengths.append(0)
-            self._prev.append(-1)
-            self._next.append(-1)
             self._hashes.append(hashed)
+            self._recent.append(_USED)
         self._place(slot, data)
-        # Link as the newest and index it (both inlined: this runs for every demotion).
-        tail = self._tail
-        self._prev[slot] = tail
-        self._next[slot] = -1
-        if tail >= 0:
-            self._next[tail] = slot
-        else:
-            self._head = slot
-        self._tail = slot
         self._live += 1
         index = self._index
         if (self._live + 1) > len(index) * _MAX_LOAD:
             self._reindex(max(_MIN_INDEX, len(index) * 2))
         else:
+            # Inlined _index_add: this runs for every demotion.
             mask = self._mask
             i = hashed & mask
             while index[i] >= 0:
@@ -231,19 +235,9 @@ class PackedTable:
     def remove(self, slot: int) -> None:
         """Drop the entry in ``slot``: its key leaves the index and its bytes are released."""
         self._unindex(slot)
-        # Unlink from the LRU list (inlined: this is on every promotion and eviction).
-        prev, following = self._prev, self._next
-        before, after = prev[slot], following[slot]
-        if before >= 0:
-            following[before] = after
-        else:
-            self._head = after
-        if after >= 0:
-            prev[after] = before
-        else:
-            self._tail = before
         self._release(slot)
-        following[slot] = self._free_slot
+        self._recent[slot] = _VACANT
+        self.lengths[slot] = _FREE if self._free_slot < 0 else self._free_slot
         self._free_slot = slot
         self._live -= 1
         if not self._live:
@@ -254,10 +248,8 @@ class PackedTable:
             self._reindex(size // 2)
 
     def touch(self, slot: int) -> None:
-        """Make ``slot`` the most recently used entry."""
-        if slot != self._tail:
-            self._unlink(slot)
-            self._link_last(slot)
+        """Mark ``slot`` used: the CLOCK hand passes over it once before it can be chosen."""
+        self._recent[slot] = _USED
 
     def clear_flag(self, bit: int) -> None:
         """Clear ``bit`` in every slot's flags, in one pass (``bytes.translate``, in C)."""
@@ -267,46 +259,54 @@ class PackedTable:
         """Drop every entry and release all RAM."""
         self.__init__()  # type: ignore[misc]
 
-    # -- iteration -----------------------------------------------------------------------
-
-    def oldest(self) -> int:
-        """The least recently used slot, or -1 when empty."""
-        return self._head
-
-    def newer(self, slot: int) -> int:
-        """The slot used next after ``slot`` (toward the most recent), or -1."""
-        return self._next[slot]
+    # -- iteration and eviction ----------------------------------------------------------
 
     def slots(self) -> Iterator[int]:
-        """Every live slot, least recently used first (do not remove while iterating)."""
-        slot = self._head
-        following = self._next
-        while slot >= 0:
-            yield slot
-            slot = following[slot]
+        """Every live slot, in slot order (do not remove while iterating)."""
+        recent = self._recent
+        first_free = recent.find(_VACANT)
+        if first_free < 0:  # no free slot: every slot is live
+            yield from range(len(recent))
+            return
+        yield from range(first_free)
+        for slot in range(first_free + 1, len(recent)):
+            if recent[slot] != _VACANT:
+                yield slot
 
-    # -- the LRU list --------------------------------------------------------------------
+    def victims(self, size: int, limit: int) -> list[int]:
+        """Live slots to evict, in CLOCK order, until their bytes reach ``size`` or ``limit``.
 
-    def _link_last(self, slot: int) -> None:
-        tail = self._tail
-        self._prev[slot] = tail
-        self._next[slot] = -1
-        if tail >= 0:
-            self._next[tail] = slot
-        else:
-            self._head = slot
-        self._tail = slot
-
-    def _unlink(self, slot: int) -> None:
-        before, after = self._prev[slot], self._next[slot]
-        if before >= 0:
-            self._next[before] = after
-        else:
-            self._head = after
-        if after >= 0:
-            self._prev[after] = before
-        else:
-            self._tail = before
+        Each slot counts as its data plus :data:`SLOT_BYTES`. The slots stay in the table
+        (the caller removes them, e.g. once they are safely on disk); every call goes on from
+        where the previous one left the hand.
+        """
+        recent, lengths = self._recent, self.lengths
+        chosen: list[int] = []
+        freed = 0
+        pos = self._hand
+        while freed < size and len(chosen) < limit:
+            found = recent.find(_UNUSED, pos)
+            if found < 0:
+                # The hand reaches the end: what it crossed had its second chance; wrap round.
+                recent[pos:] = recent[pos:].translate(_PASS_OVER)
+                pos = 0
+                found = recent.find(_UNUSED)
+                if found < 0:
+                    # Only used entries before the old position remain: pass over them all.
+                    recent[:] = recent.translate(_PASS_OVER)
+                    found = recent.find(_UNUSED)
+                    if found < 0:
+                        break  # every live slot is chosen
+            if found > pos:
+                recent[pos:found] = recent[pos:found].translate(_PASS_OVER)
+            recent[found] = _CHOSEN
+            chosen.append(found)
+            freed += lengths[found] + SLOT_BYTES
+            pos = found + 1
+        self._hand = pos
+        for slot in chosen:
+            recent[slot] = _UNUSED
+        return chosen
 
     # -- the index -----------------------------------------------------------------------
 
@@ -342,11 +342,9 @@ class PackedTable:
     def _reindex(self, size: int) -> None:
         self._index = array("i", [_EMPTY]) * size
         self._mask = size - 1
-        slot = self._head
-        following, hashes = self._next, self._hashes
-        while slot >= 0:
+        hashes = self._hashes
+        for slot in self.slots():
             self._index_add(slot, hashes[slot])
-            slot = following[slot]
 
     # -- chunks --------------------------------------------------------------------------
 

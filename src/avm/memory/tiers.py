@@ -3,10 +3,10 @@
 * **hot** — the original bytes in RAM, in least-recently-used order. A read is a dict lookup
   and hands out the stored ``bytes`` object itself (or a ``memoryview`` of it): no copy.
 * **warm** — compressed bytes in RAM (:mod:`avm.memory.codec`: zstd with a dictionary trained
-  on the fleet's messages), also in LRU order, packed into shared arrays and 64 KiB chunks with
-  no Python object per entry (:mod:`avm.memory.packed`): most of a large fleet's content sits
-  here, and an object per entry would cost more than the compressed bytes. A read
-  decompresses and promotes to hot.
+  on the fleet's messages), evicted in CLOCK order (an approximation of LRU), packed into
+  shared arrays and 64 KiB chunks with no Python object per entry (:mod:`avm.memory.packed`):
+  most of a large fleet's content sits here, and an object per entry would cost more than the
+  compressed bytes. A read decompresses and promotes to hot.
 * **cold** — rows in a SQLite file (WAL) in the state directory. Nothing of cold content stays in
   RAM, not even its hold count, which the row carries; a read loads the row, checks its hash,
   and promotes it to hot.
@@ -197,7 +197,7 @@ class HotTier(_RamTier):
 
 
 class WarmTier:
-    """Compressed bytes in RAM, least recently used first, packed (:mod:`avm.memory.packed`).
+    """Compressed bytes in RAM, evicted in CLOCK order, packed (:mod:`avm.memory.packed`).
 
     An entry here is a slot number, not an object: its key, holds, flags, codec and bytes live
     in shared arrays and chunks. Nothing keeps the caller's ref object, so a ref handed out
