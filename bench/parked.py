@@ -18,6 +18,8 @@ What it measures
     * ``receive_timeout``: ``await ctx.receive(timeout_s=3600)`` (a timer armed as well);
     * ``wait_for_response``: ``await ctx.wait_for_response(task_id)`` for a task nobody answers;
     * ``wait``: ``await ctx.wait(3600)`` (a timer);
+    * ``template_receive``: a template agent (``program: [swarm_wait: {}]``, built by the
+      assembler and registered) parked in the same mailbox wait;
     * ``store``: the fleet benchmark's ``avm_store`` agent (a 50 KiB prompt and 8 turns held in
       the content store, 9 refs in its frame) parked in ``ctx.receive()``;
     * ``bare_asyncio``: the baseline.
@@ -48,7 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_info import run_info
 
 Json = dict[str, Any]
-CONFIGS = ("bare_asyncio", "receive", "receive_timeout", "wait_for_response", "wait", "store")
+CONFIGS = (
+    "bare_asyncio",
+    "receive",
+    "receive_timeout",
+    "wait_for_response",
+    "wait",
+    "template_receive",
+    "store",
+)
+TEMPLATE = "name: parked\nprogram:\n  - swarm_wait: {}\n"
 TOP_SITES = 12
 
 
@@ -94,6 +105,7 @@ async def run_bare(agents: int) -> Json:
 
 async def run_vm(config: str, agents: int) -> Json:
     import avm
+    from avm import assembler
     from avm.testing import wait_until
 
     with tempfile.TemporaryDirectory(prefix="avm-parked-") as state_dir:
@@ -119,11 +131,17 @@ async def run_vm(config: str, agents: int) -> Json:
             return index
 
         async with vm:
+            agent: Any = parked
+            if config == "template_receive":
+                agent = assembler.register(vm, assembler.build_text(TEMPLATE))
             tracemalloc.start()
             before_snapshot = tracemalloc.take_snapshot()
             before = _traced()
             for index in range(agents):
-                vm.spawn(parked, index=index)
+                if config == "template_receive":
+                    vm.spawn(agent)
+                else:
+                    vm.spawn(agent, index=index)
             reason = "timer" if config == "wait" else "message"
             await wait_until(
                 lambda: vm.stats().waiting[reason] >= agents, timeout_s=600, what="all parked"

@@ -35,7 +35,7 @@ import blake3
 import msgspec
 
 from avm._core.context import Context
-from avm._core.interpreter import execute
+from avm._core.interpreter import instruction
 from avm._core.isa import INSTRUCTIONS, Op
 from avm._core.process import AgentDefinition, AgentProcess
 from avm._core.runtime import Runtime
@@ -227,7 +227,7 @@ class _Call(_Step):
                 except CapabilityDenied as denied:
                     denied.locate(run.proc.id, self.op.value, run.proc.step)
                     raise
-        result = await execute(run.rt, run.proc, self.op, args)
+        result = await instruction(run.rt, run.proc, self.op, args)
         if self.bind is not None:
             run.env[self.bind] = result
 
@@ -281,7 +281,7 @@ class _React(_Step):
                     "tools": self.specs,
                 }
             )
-            reply = await execute(run.rt, run.proc, Op.RUN_MODEL, args)
+            reply = await instruction(run.rt, run.proc, Op.RUN_MODEL, args)
             if not reply.tool_calls or turn == self.max_turns - 1:
                 break
             messages.append(Message("assistant", reply.text, tool_calls=reply.tool_calls))
@@ -308,7 +308,9 @@ class _React(_Step):
             return f"error: the arguments are not valid JSON: {exc}"
         op = Op.WRITE_TO_TOOL if access == "write" else Op.READ_FROM_TOOL
         try:
-            result = await execute(run.rt, run.proc, op, (self.links.tool(call.name), arguments))
+            result = await instruction(
+                run.rt, run.proc, op, (self.links.tool(call.name), arguments)
+            )
         except (ToolError, InvalidArgument) as exc:
             return f"error: {exc.message}"
         return render_text(result)
@@ -475,9 +477,14 @@ class _Program:
     """A compiled template, shared by every agent of it."""
 
     def __init__(
-        self, template: Template, links: _Links, knowledge: _Knowledge | None = None
+        self,
+        template: Template,
+        links: _Links,
+        knowledge: _Knowledge | None = None,
+        image: str = "",
     ) -> None:
         self.template = template
+        self.image = image
         self.knowledge = knowledge
         self.setup = _compile(template.setup, "setup", links)
         self.program = _compile(template.program, "program", links)
@@ -510,7 +517,12 @@ class _Program:
                 )
         return values
 
-    async def run(self, ctx: Context, given: dict[str, Any]) -> Any:
+    def __repr__(self) -> str:
+        return f"<template {self.template.name!r}, image {self.image}>"
+
+    async def run(self, ctx: Context, /, **given: Any) -> Any:
+        """The agent function: the VM awaits it directly (a wrapper's frame would stay in RAM
+        for as long as each agent of the template lives)."""
         env: dict[str, Any] = self.inputs(given)
         env["agent_id"] = ctx.agent_id
         if self.knowledge is not None:
@@ -527,7 +539,7 @@ class _Program:
         else:
             args = (schedule.task, schedule.interval_s)
             for _ in range(schedule.ticks):
-                tick = await execute(run.rt, run.proc, Op.SCHEDULE_TASK, args)
+                tick = await instruction(run.rt, run.proc, Op.SCHEDULE_TASK, args)
                 env["tick"] = tick.tick
                 for step in self.program:
                     await step.run(run)
@@ -722,13 +734,7 @@ def register(vm: VM, image: Image, *, knowledge: KnowledgeStore | None = None) -
     if template.knowledge and knowledge is not None:
         loader = _Knowledge(template, knowledge)
         loader.load_public()
-    program = _Program(template, links, loader)
-
-    async def run_template(ctx: Context, /, **inputs: Any) -> Any:
-        return await program.run(ctx, inputs)
-
-    run_template.__name__ = run_template.__qualname__ = f"template:{template.name}"
-    run_template.__doc__ = f"The template {template.name!r}, image {image.digest}."
+    program = _Program(template, links, loader, image.digest)
     return vm.agent(
         name=template.name,
         budget=template.budget,
@@ -736,4 +742,4 @@ def register(vm: VM, image: Image, *, knowledge: KnowledgeStore | None = None) -
         tools=sorted(links.tool(name) for name in template.tools),
         models=sorted(set(links.models.values())),
         prompts=sorted(set(links.prompts.values())),
-    )(run_template)
+    )(program.run)
