@@ -182,3 +182,30 @@ def test_the_linker_refuses_a_key_for_a_given_provider() -> None:
     key: Any = ModelKey(Keys(), "MODEL_KEY", "asker")  # type: ignore[arg-type]
     with pytest.raises(avm.ConfigError, match="can have its key from a secret"):
         linker.add("m", "local:smol", key=key)
+
+
+@pytest.mark.parametrize("spec", ["openai:fake-gpt", "anthropic:claude-x"])
+async def test_a_rotated_key_is_sent_from_the_next_call_and_a_revoked_one_no_more(
+    tmp_path: Path, spec: str
+) -> None:
+    rotated = "sk-rotated-9a8b7c6d5e4f"
+    state = tmp_path / "state"
+    keys = open_keys(state)
+    server_type = FakeOpenAIServer if spec.startswith("openai") else FakeAnthropicServer
+    async with server_type(api_key=SECRET) as server, avm.VM(state, keys=keys) as vm:
+        server.script("first", "second", "third")
+        definition = assembler.register(vm, image_for(spec, server.base_url))
+        assert await vm.spawn(definition).result() == "first"  # the provider is built now
+        # The upstream account's key changes: the server takes only the new one, and the
+        # operator stores it; the provider built with the old value sends the new one.
+        server.api_key = rotated
+        keys.set("MODEL_KEY", rotated)
+        assert await vm.spawn(definition).result() == "second"
+        # Revoked: the provider no longer sends the key at all.
+        server.api_key = None
+        assert keys.revoke("MODEL_KEY", tool=model_tool("asker/brain"), definition="asker")
+        assert await vm.spawn(definition).result() == "third"
+        sent = list(server.credentials)
+    prefix = "Bearer " if spec.startswith("openai") else ""
+    assert sent == [prefix + SECRET, prefix + rotated, None]
+    keys.close()

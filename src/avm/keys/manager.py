@@ -160,6 +160,7 @@ class KeyManager:
         #: Maps an agent id to its definition's name, so grants made to a definition apply to
         #: every agent of it; the VM sets this when it wires the key manager in.
         self.definition_of: Callable[[str], str | None] | None = None
+        self._watchers: list[Callable[[str], None]] = []
         self._load()
 
     # -- opening -------------------------------------------------------------------------------
@@ -301,6 +302,7 @@ class KeyManager:
         self._values[name] = data
         self.redactor.set(name, data)
         log.debug("secret %s stored", name)
+        self._changed(name)
         return SecretHandle(name)
 
     def remove(self, name: str) -> None:
@@ -313,6 +315,18 @@ class KeyManager:
         self._grants = {g for g in self._grants if g[0] != name}
         self.redactor.discard(name)
         log.debug("secret %s removed", name)
+        self._changed(name)
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(name)`` whenever secret ``name`` changes in this process: its value
+        set or removed, a grant of it given or revoked. Whoever revealed the value earlier and
+        keeps it (a model provider's request headers) reveals it again there."""
+        if callback not in self._watchers:
+            self._watchers.append(callback)
+
+    def _changed(self, name: str) -> None:
+        for callback in list(self._watchers):
+            callback(name)
 
     def names(self) -> list[str]:
         return sorted(self._values)
@@ -357,6 +371,7 @@ class KeyManager:
             )
         self._grants.add((secret, kind, principal, tool))
         log.debug("secret %s granted to %s %s for tool %s", secret, kind, principal, tool)
+        self._changed(secret)
         return Grant(secret, kind, principal, tool)
 
     def revoke(
@@ -370,6 +385,7 @@ class KeyManager:
                 (secret, kind, principal, tool),
             )
         self._grants.discard((secret, kind, principal, tool))
+        self._changed(secret)
         return cur.rowcount > 0
 
     def grants(self, secret: str | None = None) -> list[Grant]:

@@ -11,27 +11,49 @@ variable (for a host's own models). A :class:`ModelKey` names a secret of the ke
 a template's ``models: NAME: {secret: ...}`` declares): the secret is revealed only here, when
 the provider for the model is built, and only if its grant covers the model
 (:func:`model_tool`), so the value goes from the encrypted store straight into the provider's
-request headers and nowhere an agent, the journal or a log can see it.
+request headers and nowhere an agent, the journal or a log can see it. When that secret
+changes in the key manager (a new value, a removal, a grant given or revoked), the linker
+reveals it again into the providers that carry it, so a rotated key is sent from the next
+request on and a revoked one no longer is.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from avm.config import ModelConfig
-from avm.errors import ConfigError, NotFound
+from avm.errors import CapabilityDenied, ConfigError, NotFound
 from avm.keys.handles import SecretHandle
 from avm.keys.manager import KeyManager
 from avm.llm.io import IOManager
 from avm.llm.provider import ModelProvider
 from avm.llm.providers.anthropic import DEFAULT_BASE_URL, AnthropicProvider, anthropic_factory
 
-__all__ = ["KEYED_PROVIDERS", "LinkedModel", "ModelKey", "ModelLinker", "model_tool"]
+__all__ = [
+    "KEYED_PROVIDERS",
+    "KeyedProvider",
+    "LinkedModel",
+    "ModelKey",
+    "ModelLinker",
+    "model_tool",
+]
+
+log = logging.getLogger(__name__)
 
 ProviderFactory = Callable[[ModelConfig], ModelProvider]
-KeyedFactory = Callable[[ModelConfig, str], ModelProvider]
+
+
+class KeyedProvider(ModelProvider, Protocol):
+    """A provider whose API key can be replaced while it runs (a rotated secret)."""
+
+    def set_api_key(self, api_key: str | None) -> None: ...
+
+
+KeyedFactory = Callable[[ModelConfig, str], KeyedProvider]
 
 
 def model_tool(name: str) -> str:
@@ -80,7 +102,7 @@ def _openai_factory(config: ModelConfig) -> ModelProvider:
     )
 
 
-def _openai_keyed(config: ModelConfig, api_key: str) -> ModelProvider:
+def _openai_keyed(config: ModelConfig, api_key: str) -> KeyedProvider:
     from avm.llm.providers.openai_compat import OpenAICompatProvider
 
     if config.base_url is None:
@@ -93,7 +115,7 @@ def _openai_keyed(config: ModelConfig, api_key: str) -> ModelProvider:
     )
 
 
-def _anthropic_keyed(config: ModelConfig, api_key: str) -> ModelProvider:
+def _anthropic_keyed(config: ModelConfig, api_key: str) -> KeyedProvider:
     return AnthropicProvider(
         config.base_url or DEFAULT_BASE_URL,
         api_key=api_key,
@@ -118,8 +140,10 @@ class ModelLinker:
     def __init__(self) -> None:
         self._configs: dict[str, ModelConfig] = {}
         self._linked: dict[str, LinkedModel] = {}
-        self._providers: dict[tuple[str, str | None, str | None, str | None], ModelProvider] = {}
+        self._providers: dict[tuple[str, str | None, str | None], ModelProvider] = {}
         self._keys: dict[str, ModelKey] = {}  # models whose API key is a key-manager secret
+        # Providers built with a key-manager secret: the key and model it was revealed for.
+        self._keyed: dict[tuple[str, str | None, str], tuple[KeyedProvider, ModelKey, str]] = {}
         self._factories: dict[str, ProviderFactory] = {
             "openai": _openai_factory,
             "anthropic": anthropic_factory,
@@ -199,12 +223,14 @@ class ModelLinker:
             # One provider per endpoint and secret, built on the model's first call: the
             # value leaves the key manager only into that provider's request headers.
             api_key = secret.reveal(name)  # checks this model's grant even for a shared one
-            slot = (config.provider, config.base_url, None, secret.secret)
-            provider = self._providers.get(slot)
-            if provider is None:
-                provider = self._providers[slot] = _KEYED[config.provider](config, api_key)
-            return provider
-        key = (config.provider, config.base_url, config.api_key_env, None)
+            slot = (config.provider, config.base_url, secret.secret)
+            built = self._keyed.get(slot)
+            if built is None:
+                secret.keys.watch(self._secret_changed)
+                keyed = _KEYED[config.provider](config, api_key)
+                built = self._keyed[slot] = (keyed, secret, name)
+            return built[0]
+        key = (config.provider, config.base_url, config.api_key_env)
         provider = self._providers.get(key)
         if provider is None:
             factory = self._factories.get(config.provider)
@@ -216,13 +242,28 @@ class ModelLinker:
             provider = self._providers[key] = factory(config)
         return provider
 
+    def _secret_changed(self, name: str) -> None:
+        """Reveal secret ``name`` again into every provider built with it (see the module
+        docstring); one whose grant is gone sends no key from now on."""
+        for provider, key, model in self._keyed.values():
+            if key.secret != name:
+                continue
+            try:
+                api_key: str | None = key.reveal(model)
+            except (CapabilityDenied, NotFound) as exc:
+                log.warning("model %s: its API key is no longer available: %s", model, exc)
+                api_key = None
+            provider.set_api_key(api_key)
+
     async def aclose(self) -> None:
         await self._io.aclose()
         seen: set[int] = set()
-        for provider in [*self._providers.values(), *self._raw.values()]:
+        keyed = [provider for provider, _, _ in self._keyed.values()]
+        for provider in [*self._providers.values(), *keyed, *self._raw.values()]:
             if id(provider) not in seen:
                 seen.add(id(provider))
                 await provider.aclose()
         self._providers.clear()
+        self._keyed.clear()
         self._raw.clear()
         self._linked.clear()

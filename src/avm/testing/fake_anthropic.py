@@ -146,6 +146,8 @@ class FakeAnthropicServer(LoopbackServer):
         router.add_get(BATCHES_PATH + "/{batch_id}/results", self._batch_results)
         router.add_post(BATCHES_PATH + "/{batch_id}/cancel", self._cancel_batch)
 
+    AUTH_HEADER = "x-api-key"
+
     def _authenticate(self, request: web.Request) -> None:
         if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
             self._refuse(401, f"invalid x-api-key: {request.headers.get('x-api-key', '')}")

@@ -380,6 +380,8 @@ class FakeOpenAIServer(LoopbackServer):
         router.add_get(BATCHES_PATH + "/{batch_id}", self._get_batch)
         router.add_post(BATCHES_PATH + "/{batch_id}/cancel", self._cancel_batch)
 
+    AUTH_HEADER = "Authorization"
+
     def _authenticate(self, request: web.Request) -> None:
         if self._expected_auth is None:
             return

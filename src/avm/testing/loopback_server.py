@@ -166,6 +166,8 @@ class LoopbackServer(abc.ABC):
         """Every HTTP request received, on any path, including failed ones."""
         self.path_counts: collections.Counter[str] = collections.Counter()
         """Requests received per URL path."""
+        self.credentials: collections.deque[str | None] = collections.deque(maxlen=record_limit)
+        """The :attr:`AUTH_HEADER` each request received carried (None: none), oldest first."""
 
         self._requested_port = port
         self._port: int | None = None
@@ -182,6 +184,9 @@ class LoopbackServer(abc.ABC):
     @abc.abstractmethod
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         """Register the protocol's handlers (every other path answers 404)."""
+
+    #: The header a client authenticates with in the protocol.
+    AUTH_HEADER: ClassVar[str]
 
     @abc.abstractmethod
     def _authenticate(self, request: web.Request) -> None:
@@ -309,6 +314,7 @@ class LoopbackServer(abc.ABC):
         """Count a request and refuse it unless it authenticates."""
         self.request_count += 1
         self.path_counts[request.path] += 1
+        self.credentials.append(request.headers.get(self.AUTH_HEADER))
         self._authenticate(request)
 
     def _error(self, status: int, message: str, retry_after_s: float | None = None) -> web.Response:

@@ -179,7 +179,9 @@ class ModelTransport:
         self.retry_on_timeout = retry_on_timeout
         self.retry_statuses = retry_statuses
         self.name = name
-        self._secret = secret or None
+        # Every key this transport has sent: a rotated key may still be quoted back by a server
+        # answering a request sent before the rotation.
+        self._secrets: tuple[str, ...] = (secret,) if secret else ()
         self._pool: HttpPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -513,11 +515,17 @@ class ModelTransport:
         tries = f" (after {attempt + 1} attempts)" if attempt else ""
         return f"{where} model {model!r}: {what}{tries}"
 
+    def add_secret(self, secret: str) -> None:
+        """Mask ``secret`` too (a rotated API key), in addition to those masked so far."""
+        if secret and secret not in self._secrets:
+            self._secrets = (*self._secrets, secret)
+
     def mask(self, text: str) -> str:
         """``text`` with any echo of the API key masked, trimmed to a quotable length."""
         # Some providers quote the key they rejected; it must not travel on in our messages.
-        if self._secret is not None and self._secret in text:
-            text = text.replace(self._secret, "***")
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         if len(text) > _MAX_QUOTE_CHARS:
             text = text[:_MAX_QUOTE_CHARS] + "..."
         return text

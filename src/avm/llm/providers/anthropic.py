@@ -357,14 +357,21 @@ class AnthropicProvider:
         }
         if headers:
             self._headers.update(headers)
-        if api_key:
-            self._headers["x-api-key"] = api_key
-        self._messages_head = self._transport.head("POST", "/v1/messages", self._headers)
+        self.set_api_key(api_key)
         self._where = "POST " + self._transport.url("/v1/messages")
         self._dialect = "anthropic+cache" if prompt_caching else "anthropic"
 
     def __repr__(self) -> str:
         return f"AnthropicProvider({self.base_url!r})"
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Authenticate with ``api_key`` from the next request on (None: send no key)."""
+        if api_key:
+            self._headers["x-api-key"] = api_key
+            self._transport.add_secret(api_key)
+        else:
+            self._headers.pop("x-api-key", None)
+        self._messages_head = self._transport.head("POST", "/v1/messages", self._headers)
 
     # --- public API --------------------------------------------------------------------------
 

@@ -375,19 +375,26 @@ class OpenAICompatProvider:
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.max_retries = max_retries
-        self._api_key = api_key or None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if headers:
             self._headers.update(headers)
-        if self._api_key is not None:
-            self._headers["Authorization"] = f"Bearer {self._api_key}"
-        self._chat_head = self._transport.head("POST", "/chat/completions", self._headers)
+        self.set_api_key(api_key)
         self._where = "POST " + self._transport.url("/chat/completions")
         self._batch_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         # Deliberately without the key.
         return f"OpenAICompatProvider({self.base_url!r})"
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Authenticate with ``api_key`` from the next request on (None: send no key)."""
+        self._api_key = api_key or None
+        if self._api_key is None:
+            self._headers.pop("Authorization", None)
+        else:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+            self._transport.add_secret(self._api_key)
+        self._chat_head = self._transport.head("POST", "/chat/completions", self._headers)
 
     # --- public API --------------------------------------------------------------------------
 
