@@ -26,7 +26,10 @@ shares nothing mutable with the caller: it gets its own list of samples and retu
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import functools
 import logging
+import platform
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -60,6 +63,32 @@ _DCTX_BYTES = 96 * 1024
 _DCTX_CACHE = 4
 
 
+# glibc's mallopt() parameter, and the default it starts the process with.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024
+
+
+@functools.cache
+def _pin_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold where it starts (once per process; glibc only).
+
+    glibc serves allocations of 128 KiB and more with ``mmap``, and gives them back to the
+    system when freed; but freeing one *raises* that threshold to its size, for good. Training
+    a dictionary allocates and frees tables of several MB, after which every array and buffer
+    below that size (the warm table's slot arrays and index among them) grows inside the heap
+    instead, where each reallocation leaves a hole behind: at 10,000 resident agents that
+    fragmentation was ~2.7 MB of RSS. Setting the threshold explicitly, even to its default,
+    turns the adjustment off.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot pin the malloc mmap threshold: %s", exc)
+
+
 class DictionaryInfo(msgspec.Struct, frozen=True):
     """One trained dictionary version: its size, and how it did against plain zstd."""
 
@@ -78,6 +107,7 @@ class _Trained(msgspec.Struct, frozen=True):
 
 def _train(version: int, samples: list[bytes], dict_size: int, level: int) -> _Trained | None:
     """Train and evaluate one dictionary (runs on the worker thread; touches no shared state)."""
+    _pin_mmap_threshold()
     try:
         pool: list[bytes | bytearray | memoryview] = list(samples)
         trained = zstandard.train_dictionary(dict_size, pool, level=level)
