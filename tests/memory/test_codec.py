@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import platform
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memory_workloads import chat_message
 
-from avm.memory import RAW, ZSTD, Codec, ContentError
+from avm.memory import RAW, ZSTD, Codec, ContentError, ContentStore, Tier
 
 
 def test_reservoir_is_bounded_by_count_and_bytes() -> None:
@@ -68,6 +71,55 @@ def test_old_versions_decode_after_the_context_cache_turns_over() -> None:
     for (codec_id, data), original in packed:
         assert codec.decompress(codec_id, data) == original
     assert len(codec._decompressors) <= 4
+
+
+MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def framed(data: bytes, dictionary: bytes | None = None) -> bytes:
+    """``data`` compressed as the codec did before frames went bare (magic number first)."""
+    compressor = zstandard.ZstdCompressor(
+        dict_data=None if dictionary is None else zstandard.ZstdCompressionDict(dictionary),
+        write_checksum=False,
+        write_dict_id=False,
+    )
+    return compressor.compress(data)
+
+
+def test_frames_are_bare_and_frames_with_a_magic_number_still_decode() -> None:
+    codec = Codec(background=False, first_training=10**9)
+    message = chat_message(7)
+    codec_id, bare = codec.compress(message)
+    assert codec_id == ZSTD
+    assert not bare.startswith(MAGIC)
+    for i in range(300):
+        codec.observe(chat_message(i))
+    assert codec.train_now() == 1
+    dictionary = codec._dicts[1]
+    for codec_id, old in ((ZSTD, framed(message)), (1, framed(message, dictionary))):
+        assert old.startswith(MAGIC)
+        assert codec.decompress(codec_id, old) == message
+        assert codec.decompress(codec_id, memoryview(old)) == message
+        assert codec.content_size(codec_id, memoryview(old)) == len(message)
+    # And the current format still decodes after the old one was read under the same version.
+    codec_id, bare = codec.compress(message)
+    assert codec_id == 1
+    assert codec.decompress(codec_id, bare) == message
+
+
+def test_cold_rows_written_with_a_magic_number_still_load(tmp_path: Path) -> None:
+    message = chat_message(3)
+    with ContentStore(tmp_path) as store:
+        ref = store.put(message)
+        store.demote([ref], Tier.COLD)
+    with sqlite3.connect(tmp_path / "content.db") as db:  # as an older version wrote it
+        db.execute(
+            "UPDATE content SET codec = ?, data = ? WHERE hash = ?", (ZSTD, framed(message), ref)
+        )
+    with ContentStore(tmp_path, budget="4MiB") as store:
+        assert store.get(ref) == message
+        store.demote([ref], Tier.WARM)
+        assert store.get(ref) == message
 
 
 @settings(max_examples=100)
