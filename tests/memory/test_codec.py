@@ -27,6 +27,25 @@ def test_reservoir_is_bounded_by_count_and_bytes() -> None:
     assert codec.ram_bytes() < 2 * 1024 * 1024
 
 
+def test_samples_are_gathered_only_shortly_before_a_training() -> None:
+    codec = Codec(background=False, reservoir=200, dict_size=4096, first_training=400)
+    for i in range(400):
+        codec.observe(chat_message(i))
+    assert codec.version == 1
+    # The next training is at 1,600 pieces seen; samples come from the last 800 before it.
+    for i in range(400, 800):
+        codec.observe(chat_message(i))
+        assert codec._samples == []
+    codec.observe(chat_message(800))
+    assert len(codec._samples) == 1
+    for i in range(801, 1599):
+        codec.observe(chat_message(i))
+    assert len(codec._samples) == 200
+    codec.observe(chat_message(1599))
+    assert codec.version == 2
+    assert codec._samples == []
+
+
 def test_small_and_large_content_is_not_sampled() -> None:
     codec = Codec(sample_max=1000, first_training=10**9)
     codec.observe(b"tiny")
@@ -60,14 +79,15 @@ def test_unknown_dictionary_versions_are_an_error() -> None:
 
 
 def test_old_versions_decode_after_the_context_cache_turns_over() -> None:
-    codec = Codec(background=False, first_training=10**9)
+    codec = Codec(background=False, first_training=300, retrain_factor=1.25)
     packed = []
-    for generation in range(6):
-        for i in range(300):
-            codec.observe(chat_message(generation * 1000 + i))
-        codec.train_now()
-        packed.append((codec.compress(chat_message(generation)), chat_message(generation)))
-    assert codec.version == 6
+    i = 0
+    while codec.version < 6:
+        codec.observe(chat_message(i))
+        i += 1
+        if codec.version > len(packed):
+            packed.append((codec.compress(chat_message(-i)), chat_message(-i)))
+    assert len(packed) == 6
     for (codec_id, data), original in packed:
         assert codec.decompress(codec_id, data) == original
     assert len(codec._decompressors) <= 4

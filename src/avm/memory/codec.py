@@ -7,8 +7,11 @@ messages supplies that history (on 1.7 KB chat turns, ``bench/memory.py`` measur
 plain zstd and 4.5x with a trained dictionary). This module owns that dictionary's life:
 
 * **sampling** — every new small piece of content the store sees is offered to
-  :meth:`Codec.observe`, which keeps a bounded reservoir (uniform over what was seen since the
-  last training), so memory for samples is capped whatever the fleet size;
+  :meth:`Codec.observe`, which keeps a bounded reservoir, so memory for samples is capped
+  whatever the fleet size. Once a dictionary is in use, samples are gathered only from the
+  last ``4 x reservoir`` pieces before the next training (uniformly over them): the samples
+  are then the most recent content, and between trainings, which grow further apart, the
+  codec holds none (up to 1 MiB that would otherwise stay in RAM all along);
 * **training and versioning** — when enough has been seen (1,000 samples, then 4x as many each
   time after) a new dictionary is trained from the reservoir, on a worker thread so the event
   loop never stalls (zstd releases the GIL while training). It is checked against plain zstd on
@@ -59,6 +62,8 @@ _MIN_COMPRESS = 64
 # A compressed copy must save at least 1/16 of the bytes, or the data is kept raw: decompressing
 # on every promotion is not worth a few percent.
 _MIN_SAVING = 1 / 16
+# Samples are gathered from the last (this x reservoir size) pieces seen before a training.
+_SAMPLING_SPAN = 4
 # A new dictionary must make the samples at least this much smaller than plain zstd does.
 _MIN_DICT_GAIN = 0.02
 # What a zstd decompression context holds besides the dictionary (measured with
@@ -175,6 +180,7 @@ class Codec:
         self.sample_max = sample_max
         self.reservoir_size = reservoir
         self.reservoir_bytes = reservoir_bytes
+        self._sampling_span = _SAMPLING_SPAN * reservoir
         self.background = background
         self.retrain_factor = retrain_factor
         self.on_new_dictionary: Callable[[int, bytes], None] | None = None
@@ -182,7 +188,7 @@ class Codec:
         self._random = random.Random(seed)
         self._samples: list[bytes] = []
         self._sample_bytes = 0
-        self._seen_since = 0  # offered since the reservoir was last emptied
+        self._seen_since = 0  # sampled from since the reservoir was last emptied
         self._seen_total = 0
         self._next_training = first_training
         self._version = 0  # current dictionary version; 0 = none yet
@@ -220,8 +226,10 @@ class Codec:
         size = len(data)
         if size < _MIN_COMPRESS or size > self.sample_max:
             return
-        self._seen_since += 1
         self._seen_total += 1
+        if self._seen_total + self._sampling_span <= self._next_training and self._version != ZSTD:
+            return  # a dictionary is in use and the next training is still far off
+        self._seen_since += 1
         samples = self._samples
         if len(samples) < self.reservoir_size and self._sample_bytes + size <= self.reservoir_bytes:
             samples.append(data)
