@@ -55,7 +55,7 @@ How
 
 Run it::
 
-    .venv/bin/python bench/local_model.py                 # 1, 4, 16, 32 agents; ~6 minutes
+    .venv/bin/python bench/local_model.py                 # 1, 4, 16, 32 agents; ~8 minutes
     .venv/bin/python bench/local_model.py --quick         # 1 and 4 agents, short; ~30 s
     .venv/bin/python bench/local_model.py --weights q8_0 --skip-ttft
     .venv/bin/python bench/local_model.py --agents 16 --repeat 1 --skip-ttft
