@@ -67,6 +67,7 @@ _VACANT = 3  # a free slot
 # Passing over used entries unmarks them, in one ``translate`` over the stretch the hand crossed.
 _PASS_OVER = bytes(_UNUSED if b == _USED else b for b in range(256))
 _EMPTY = -1  # an empty index bucket
+_NOT_EMPTY = (0).__le__  # a bucket holding a slot (filter() runs it in C)
 _MIN_INDEX = 64
 _MAX_LOAD = 2 / 3
 # For each single-bit flag, a byte translation table that clears it.
@@ -223,13 +224,13 @@ class PackedTable:
         index = self._index
         if (self._live + 1) > len(index) * _MAX_LOAD:
             self._reindex(max(_MIN_INDEX, len(index) * 2))
-        else:
-            # Inlined _index_add: this runs for every demotion.
-            mask = self._mask
-            i = hashed & mask
-            while index[i] >= 0:
-                i = (i + 1) & mask
-            index[i] = slot
+            index = self._index
+        # Index it (inlined: this runs for every demotion).
+        mask = self._mask
+        i = hashed & mask
+        while index[i] >= 0:
+            i = (i + 1) & mask
+        index[i] = slot
         return slot
 
     def remove(self, slot: int) -> None:
@@ -310,13 +311,6 @@ class PackedTable:
 
     # -- the index -----------------------------------------------------------------------
 
-    def _index_add(self, slot: int, hashed: int) -> None:
-        index, mask = self._index, self._mask
-        i = hashed & mask
-        while index[i] >= 0:
-            i = (i + 1) & mask
-        index[i] = slot
-
     def _unindex(self, slot: int) -> None:
         # Linear probing deletes by shifting later members of the cluster back, so lookups
         # never need tombstones and the table never fills with them.
@@ -340,11 +334,20 @@ class PackedTable:
         index[i] = _EMPTY
 
     def _reindex(self, size: int) -> None:
-        self._index = array("i", [_EMPTY]) * size
-        self._mask = size - 1
+        """Rebuild the index at ``size`` buckets from the old one's entries.
+
+        The old index, not the slots: it holds just the live entries, in at most 8 buckets
+        each, while the slot arrays keep their length when a table empties.
+        """
+        old = self._index
+        index = self._index = array("i", [_EMPTY]) * size
+        mask = self._mask = size - 1
         hashes = self._hashes
-        for slot in self.slots():
-            self._index_add(slot, hashes[slot])
+        for slot in filter(_NOT_EMPTY, old):
+            i = hashes[slot] & mask
+            while index[i] >= 0:
+                i = (i + 1) & mask
+            index[i] = slot
 
     # -- chunks --------------------------------------------------------------------------
 
