@@ -121,8 +121,11 @@ class LlamaCppProvider:
             :mod:`avm.llm.local.requantize`): SmolLM2's Q4_1 weights have no batched kernel
             on x86, Q8_0 and BF16 ones do, so batched throughput rises by half (Q8_0) to
             three quarters (BF16 on a CPU with BF16 instructions). Same model, different
-            low-order bits: greedy texts may differ from the Q4_1 file's. The default,
-            ``"auto"``, picks the fastest of these for this CPU and a small model file.
+            low-order bits: greedy texts may differ from the Q4_1 file's. Only types that keep
+            the model's values are offered (``tests/llm/test_local_fidelity.py`` holds each
+            to the shipped file's next-token choices); faster 4-bit repacked types change
+            the answers. The default, ``"auto"``, picks the fastest of these for this CPU
+            and a small model file.
         cache_dir: where converted copies are kept; default ``~/.cache/avm/models``.
 
     The model loads on the first request or on :meth:`load`; :meth:`aclose` stops the decode
