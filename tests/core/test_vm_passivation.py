@@ -37,6 +37,17 @@ async def passivated(vm: avm.VM, *handles: avm.AgentHandle) -> None:
     await wait_until(lambda: not any(tasks_of(h.id) for h in handles), what="tasks gone")
 
 
+async def spawn_and_passivate_on_timer(
+    vm: avm.VM, clock: MockClock, agent: avm.AgentDefinition, agent_id: str
+) -> avm.AgentHandle:
+    """Spawn ``agent``, let it park on a timer, and move the clock until it is passivated."""
+    handle = vm.spawn(agent, agent_id=agent_id)
+    await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
+    clock.advance(2 * AFTER_S)
+    await passivated(vm, handle)
+    return handle
+
+
 def journal_of(agent_id: str, state_dir: Path) -> list[tuple[Any, ...]]:
     """An agent's journal without wall times (and message ids, which name the host run)."""
     with sqlite3.connect(state_dir / "state.db") as db:
@@ -109,10 +120,8 @@ async def test_a_timer_wakes_a_passivated_agent_at_its_own_deadline(
 ) -> None:
     clock = MockClock()  # moved by hand: real store I/O must not let time jump meanwhile
     async with make(make_vm, clock=clock) as vm:
-        handle = vm.spawn(vm.agent(name="sleeper")(sleeper), agent_id="s")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
-        clock.advance(2 * AFTER_S)
-        await passivated(vm, handle)
+        agent = vm.agent(name="sleeper")(sleeper)
+        handle = await spawn_and_passivate_on_timer(vm, clock, agent, "s")
         assert handle.wait_reason is avm.WaitReason.TIMER
         clock.advance(100.0 - 2 * AFTER_S)  # the deadline: it comes back and waits again...
         assert not handle.passivated
@@ -134,10 +143,9 @@ async def test_an_agent_between_ticks_of_a_recurring_task_is_passivated(
 ) -> None:
     clock = MockClock()
     async with make(make_vm, clock=clock) as vm:
-        handle = vm.spawn(vm.agent(name="ticker")(ticker), agent_id="t")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
-        clock.advance(2 * AFTER_S)
-        await passivated(vm, handle)  # parked inside the async generator's instruction
+        agent = vm.agent(name="ticker")(ticker)
+        # Parked inside the async generator's instruction:
+        handle = await spawn_and_passivate_on_timer(vm, clock, agent, "t")
         step = handle.step
         clock.advance(100.0 - 2 * AFTER_S)  # tick 1 wakes it; it passivates again after
         await wait_until(
@@ -356,10 +364,8 @@ async def test_a_deadline_reached_after_a_restart_wakes_the_agent_then(
 ) -> None:
     clock = MockClock()
     async with make(make_vm, clock=clock) as vm:
-        handle = vm.spawn(vm.agent(name="sleeper")(sleeper), agent_id="s")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
-        clock.advance(2 * AFTER_S)
-        await passivated(vm, handle)
+        agent = vm.agent(name="sleeper")(sleeper)
+        await spawn_and_passivate_on_timer(vm, clock, agent, "s")
     clock = restarted_clock(80.0)  # 20 s before the deadline the agent had
     async with make(make_vm, clock=clock) as vm:
         vm.agent(name="sleeper")(sleeper)
@@ -381,10 +387,8 @@ async def test_a_deadline_passed_while_no_vm_ran_wakes_the_agent_at_start(
 ) -> None:
     clock = MockClock()
     async with make(make_vm, clock=clock) as vm:
-        handle = vm.spawn(vm.agent(name="sleeper")(sleeper), agent_id="s")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
-        clock.advance(2 * AFTER_S)
-        await passivated(vm, handle)
+        agent = vm.agent(name="sleeper")(sleeper)
+        await spawn_and_passivate_on_timer(vm, clock, agent, "s")
     clock = restarted_clock(250.0)
     async with make(make_vm, clock=clock) as vm:
         vm.agent(name="sleeper")(sleeper)
@@ -535,10 +539,8 @@ async def test_a_lost_held_list_does_not_stop_a_passivated_agent_after_a_restart
 async def test_a_top_up_keeps_a_passivated_agents_deadline(make_vm: Callable[..., avm.VM]) -> None:
     clock = MockClock()
     async with make(make_vm, clock=clock) as vm:
-        handle = vm.spawn(vm.agent(name="sleeper", budget=100.0)(sleeper), agent_id="s")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.TIMER)
-        clock.advance(2 * AFTER_S)
-        await passivated(vm, handle)
+        agent = vm.agent(name="sleeper", budget=100.0)(sleeper)
+        handle = await spawn_and_passivate_on_timer(vm, clock, agent, "s")
         handle.top_up(10.0)  # replaces the record the deadline was armed for
         clock.advance(100.0 - 2 * AFTER_S)
         assert not handle.passivated
