@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import statistics
@@ -220,8 +219,7 @@ class RawDecoder:
     """One model and one ``llama_batch``, driven directly: no engine, no Python per token."""
 
     def __init__(self, model_path: Path, weights: str, threads: int, n_ctx: int, n_seq: int):
-        import llama_cpp
-
+        from avm.llm.local.engine import TokenBatch
         from avm.llm.local.model import ContextSettings, LocalModel
         from avm.llm.local.requantize import requantized
 
@@ -229,32 +227,24 @@ class RawDecoder:
         self.model = LocalModel(
             path, ContextSettings(n_ctx=n_ctx, n_seq=n_seq, n_batch=256, n_threads=threads)
         )
-        self.batch = llama_cpp.llama_batch_init(256, 0, 1)
-        int32_p = ctypes.POINTER(ctypes.c_int32)
-        self._token = ctypes.cast(self.batch.token, int32_p)
-        self._pos = ctypes.cast(self.batch.pos, int32_p)
-        self._n_seq_id = ctypes.cast(self.batch.n_seq_id, int32_p)
-        self._seq_id = ctypes.cast(self.batch.seq_id, ctypes.POINTER(int32_p))
-        self._logits = ctypes.cast(self.batch.logits, ctypes.POINTER(ctypes.c_int8))
+        self.batch = TokenBatch(256)
 
     def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> float:
         """Evaluate ``(token, position, sequence, logits?)`` items; the CPU seconds it took."""
         import llama_cpp
 
-        for i, (token, pos, seq, logits) in enumerate(items):
-            self._token[i], self._pos[i], self._n_seq_id[i] = token, pos, 1
-            self._seq_id[i][0] = seq
-            self._logits[i] = 1 if logits else 0
-        self.batch.n_tokens = len(items)
+        batch = self.batch
+        batch.clear()
+        for token, pos, seq, logits in items:
+            batch.add(token, pos, seq, logits=logits)
+        sealed = batch.seal()
         cpu = time.process_time()
-        if llama_cpp.llama_decode(self.model.ctx, self.batch) != 0:
+        if llama_cpp.llama_decode(self.model.ctx, sealed) != 0:
             raise RuntimeError("llama_decode failed")
         return time.process_time() - cpu
 
     def close(self) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_batch_free(self.batch)
+        self.batch.free()
         self.model.close()
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "EngineStats",
     "GenerationJob",
     "GenerationSink",
+    "TokenBatch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class _Prefix(_Fill):
         self.pending = list(entry.tokens)
 
 
-class _Batch:
+class TokenBatch:
     """A ``llama_batch`` of up to ``capacity`` tokens, one sequence id per token.
 
     Writes go through typed pointers into the C arrays (llama-cpp-python's annotations of the
@@ -294,7 +295,7 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         # Engine-thread state from here on.
         self._model: LocalModel | None = None
-        self._batch: _Batch | None = None
+        self._batch: TokenBatch | None = None
         self._max_seq_tokens = 0
         self._waiting: deque[GenerationJob] = deque()
         self._free_ids: list[int] = list(reversed(range(settings.n_seq)))
@@ -384,7 +385,7 @@ class BatchEngine:
         if s.max_seq_tokens is not None:
             limit = min(limit, s.max_seq_tokens)
         self._max_seq_tokens = limit
-        self._batch = _Batch(s.n_batch)
+        self._batch = TokenBatch(s.n_batch)
         logger.info(
             "local model %s loaded: %s, %d KV cells, %d sequences, %d threads",
             path.name,
