@@ -413,7 +413,7 @@ class Passivator:
             store.decref(record.memory)
         self.update(msgspec.structs.replace(record, memory=memory))
         cold = [memory]
-        if store.holds(ref) <= 1:
+        if store.holds(ref) <= (0 if revived else 1):  # what only this agent holds goes cold
             cold.append(ref)
         store.demote(cold, Tier.COLD)
 
