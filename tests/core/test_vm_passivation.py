@@ -65,6 +65,20 @@ def journal_of(agent_id: str, state_dir: Path) -> list[tuple[Any, ...]]:
     return out
 
 
+async def journal_unpassivated(
+    make_vm: Callable[..., avm.VM], tmp_path: Path, agent_id: str, messages: list[str]
+) -> list[tuple[Any, ...]]:
+    """The journal a receiver leaves when it is never passivated, given the same messages."""
+    async with make(make_vm, passivate=False, state_dir=tmp_path / "plain") as plain:
+        agent = plain.agent(name="receiver")(receiver)
+        other = plain.spawn(agent, agent_id=agent_id, rounds=len(messages))
+        await wait_until(lambda: other.wait_reason is avm.WaitReason.MESSAGE)
+        for message in messages:
+            await other.post(message)
+        assert await other.result() == messages
+    return journal_of(agent_id, tmp_path / "plain")
+
+
 async def receiver(ctx: Context, rounds: int) -> list[Any]:
     await ctx.kv_store("started", True)
     got = []
@@ -103,14 +117,8 @@ async def test_an_agent_waiting_on_a_message_is_passivated_and_woken_by_one(
         assert vm.stats().passivated == 0
     if backend == "sqlite":
         # The same agent, never passivated, leaves the same journal (bar wall times).
-        async with make(make_vm, passivate=False, state_dir=tmp_path / "plain") as plain:
-            other = plain.spawn(plain.agent(name="receiver")(receiver), agent_id="r", rounds=2)
-            await wait_until(lambda: other.wait_reason is avm.WaitReason.MESSAGE)
-            await other.post("one")
-            await other.post("two")
-            assert await other.result() == ["one", "two"]
         passive = journal_of("r", tmp_path / "state")
-        assert passive == journal_of("r", tmp_path / "plain")
+        assert passive == await journal_unpassivated(make_vm, tmp_path, "r", ["one", "two"])
         assert len(passive) == 5
         assert all(row[-1] == 0 for row in passive)  # no AFTER_CRASH flags
 
@@ -324,14 +332,8 @@ async def test_a_restart_keeps_passivated_agents_out_of_ram_until_a_message_wake
         assert vm.stats().passivated == 0
     assert await state_sql("SELECT agent_id FROM passivated") == []
     if backend == "sqlite":
-        async with make(make_vm, passivate=False, state_dir=tmp_path / "plain") as plain:
-            other = plain.spawn(plain.agent(name="receiver")(receiver), agent_id="r0", rounds=2)
-            await wait_until(lambda: other.wait_reason is avm.WaitReason.MESSAGE)
-            await other.post("one 0")
-            await other.post("two 0")
-            assert await other.result() == ["one 0", "two 0"]
         passive = journal_of("r0", tmp_path / "state")
-        assert passive == journal_of("r0", tmp_path / "plain")
+        assert passive == await journal_unpassivated(make_vm, tmp_path, "r0", ["one 0", "two 0"])
         assert all(row[-1] == 0 for row in passive)  # no AFTER_CRASH flags
 
 
