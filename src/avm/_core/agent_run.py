@@ -62,13 +62,24 @@ class AgentRun(Coroutine[Any, Any, None]):
         self._on_done(self._proc, task)
 
     def send(self, value: Any) -> Any:
-        return self._advance(self._inner.send, value)
+        # The task calls this for every step of the agent: the common case is one call in.
+        try:
+            return self._inner.send(value)
+        except StopIteration as stop:
+            return self._returned(stop.value)
+        except Exception as exc:
+            return self._raised(exc)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         exc = typ if val is None and isinstance(typ, BaseException) else (val or typ())
         if tb is not None:
             exc = exc.with_traceback(tb)
-        return self._advance(self._inner.throw, exc)
+        try:
+            return self._inner.throw(exc)
+        except StopIteration as stop:
+            return self._returned(stop.value)
+        except Exception as error:
+            return self._raised(error)
 
     def close(self) -> None:
         self._inner.close()
@@ -76,20 +87,18 @@ class AgentRun(Coroutine[Any, Any, None]):
     def __await__(self) -> Generator[Any, None, None]:
         raise TypeError("an AgentRun is run by its task, not awaited")
 
-    def _advance(self, step: Callable[[Any], Any], value: Any) -> Any:
-        try:
-            return step(value)
-        except StopIteration as stop:
-            if self._agent_started:
-                self._ended(stop.value)
-                raise StopIteration from None
-        except Exception as exc:
-            if not self._agent_started:
-                raise  # the VM failed around the agent; the done callback reports it
-            self._failed(exc)
-            raise StopIteration from None
+    def _returned(self, value: Any) -> Any:
+        if self._agent_started:
+            self._ended(value)
+            raise StopIteration
         # Start-up is over and the agent holds a run slot: start its own coroutine.
         return self._start_agent()
+
+    def _raised(self, exc: Exception) -> Any:
+        if not self._agent_started:
+            raise exc  # the VM failed around the agent; the done callback reports it
+        self._failed(exc)
+        raise StopIteration
 
     def _start_agent(self) -> Any:
         proc = self._proc
