@@ -24,6 +24,7 @@ pytest.importorskip("llama_cpp")
 
 import llama_cpp
 
+from avm.llm.local.engine import TokenBatch
 from avm.llm.local.model import ContextSettings, LocalModel
 from avm.llm.local.model_file import default_model_path
 from avm.llm.local.requantize import WeightType, requantized
@@ -62,12 +63,7 @@ ANSWERS: Final = (
 def next_token_choices(path: Path) -> list[int]:
     """The model's most likely next token at every position of each fixed answer."""
     model = LocalModel(path, ContextSettings(n_ctx=1024, n_seq=1, n_batch=512, n_threads=1))
-    batch = llama_cpp.llama_batch_init(512, 0, 1)
-    int32_p = ctypes.POINTER(ctypes.c_int32)
-    token_p, pos_p = ctypes.cast(batch.token, int32_p), ctypes.cast(batch.pos, int32_p)
-    n_seq_id_p = ctypes.cast(batch.n_seq_id, int32_p)
-    seq_id_p = ctypes.cast(batch.seq_id, ctypes.POINTER(int32_p))
-    logits_p = ctypes.cast(batch.logits, ctypes.POINTER(ctypes.c_int8))
+    batch = TokenBatch(512)
     choices: list[int] = []
     try:
         for question, answer in ANSWERS:
@@ -77,13 +73,11 @@ def next_token_choices(path: Path) -> list[int]:
             prompt = model.tokenize(text)
             tokens = prompt + model.tokenize(answer, add_bos=False)
             first = len(prompt) - 1  # the last prompt token predicts the answer's first
+            batch.clear()
             for i, token in enumerate(tokens):
-                token_p[i], pos_p[i], n_seq_id_p[i] = token, i, 1
-                seq_id_p[i][0] = 0
-                logits_p[i] = 1 if i >= first else 0
-            batch.n_tokens = len(tokens)
+                batch.add(token, i, 0, logits=i >= first)
             llama_cpp.llama_memory_clear(model.memory, True)
-            assert llama_cpp.llama_decode(model.ctx, batch) == 0
+            assert llama_cpp.llama_decode(model.ctx, batch.seal()) == 0
             for i in range(first, len(tokens) - 1):
                 row = llama_cpp.llama_get_logits_ith(model.ctx, i)
                 logits = np.ctypeslib.as_array(
@@ -91,7 +85,7 @@ def next_token_choices(path: Path) -> list[int]:
                 )
                 choices.append(int(logits.argmax()))
     finally:
-        llama_cpp.llama_batch_free(batch)
+        batch.free()
         model.close()
     return choices
 
