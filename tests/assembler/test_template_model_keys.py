@@ -208,4 +208,5 @@ async def test_a_rotated_key_is_sent_from_the_next_call_and_a_revoked_one_no_mor
         sent = list(server.credentials)
     prefix = "Bearer " if spec.startswith("openai") else ""
     assert sent == [prefix + SECRET, prefix + rotated, None]
+    assert not keys._watchers  # the closed VM's linker no longer listens
     keys.close()

@@ -324,6 +324,11 @@ class KeyManager:
         if callback not in self._watchers:
             self._watchers.append(callback)
 
+    def unwatch(self, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback`` (see :meth:`watch`); nothing if it was not watching."""
+        if callback in self._watchers:
+            self._watchers.remove(callback)
+
     def _changed(self, name: str) -> None:
         for callback in list(self._watchers):
             callback(name)

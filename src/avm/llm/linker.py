@@ -144,6 +144,7 @@ class ModelLinker:
         self._keys: dict[str, ModelKey] = {}  # models whose API key is a key-manager secret
         # Providers built with a key-manager secret: the key and model it was revealed for.
         self._keyed: dict[tuple[str, str | None, str], tuple[KeyedProvider, ModelKey, str]] = {}
+        self._watched: list[KeyManager] = []  # key managers that tell us of their changes
         self._factories: dict[str, ProviderFactory] = {
             "openai": _openai_factory,
             "anthropic": anthropic_factory,
@@ -226,7 +227,9 @@ class ModelLinker:
             slot = (config.provider, config.base_url, secret.secret)
             built = self._keyed.get(slot)
             if built is None:
-                secret.keys.watch(self._secret_changed)
+                if secret.keys not in self._watched:
+                    secret.keys.watch(self._secret_changed)
+                    self._watched.append(secret.keys)
                 keyed = _KEYED[config.provider](config, api_key)
                 built = self._keyed[slot] = (keyed, secret, name)
             return built[0]
@@ -256,6 +259,9 @@ class ModelLinker:
             provider.set_api_key(api_key)
 
     async def aclose(self) -> None:
+        for keys in self._watched:
+            keys.unwatch(self._secret_changed)
+        self._watched.clear()
         await self._io.aclose()
         seen: set[int] = set()
         keyed = [provider for provider, _, _ in self._keyed.values()]
