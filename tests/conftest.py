@@ -28,7 +28,11 @@ import asyncpg
 import pytest
 
 import avm
+from avm.storage import open_store
+from avm.storage.base import StateStore
 from avm.testing import FakeOpenAIServer
+
+OpenState = Callable[[], Awaitable[StateStore]]
 
 
 @pytest.fixture
@@ -129,6 +133,22 @@ async def vm(make_vm: Callable[..., avm.VM]) -> AsyncIterator[avm.VM]:
     machine = make_vm()
     async with machine:
         yield machine
+
+
+@pytest.fixture
+async def open_state(tmp_path: Path, store_url: str | None) -> AsyncIterator[OpenState]:
+    """``await open_state()``: the state store ``make_vm`` uses, opened directly (after the VM
+    stopped), to look at what it holds; closed when the test ends."""
+    opened: list[StateStore] = []
+
+    async def open_() -> StateStore:
+        store = await open_store(store_url, tmp_path / "state", "durable")
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.aclose()
 
 
 StateSql = Callable[..., Awaitable[list[tuple[Any, ...]]]]

@@ -3,8 +3,7 @@ exactly; swarm membership is durable state that a checkpoint recovery keeps."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,28 +11,11 @@ import pytest
 import avm
 from avm import Context
 from avm._core.journal import PAYLOAD_THRESHOLD, blob_key, payload_ref, ref_key
-from avm.storage import open_store
-from avm.storage.base import StateStore
 from avm.testing import FakeOpenAIServer, wait_until
 
 BACKENDS = ("sqlite", "postgres")  # run each test on both state stores
 
 BIG = "".join(f"line {n}: a system prompt long enough to be stored by hash\n" for n in range(900))
-
-
-@pytest.fixture
-async def open_state(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[[], Any]]:
-    """Open the test's state store directly (after the VM stopped), to look at what it holds."""
-    opened: list[StateStore] = []
-
-    async def open_() -> StateStore:
-        store = await open_store(store_url, tmp_path / "state", "durable")
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        await store.aclose()
 
 
 async def test_blobs_are_idempotent_and_read_your_writes(

@@ -4,8 +4,7 @@ pipeline around the wait (gas, journal, timeouts, kill) is the one every instruc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from types import CoroutineType
 from typing import Any
 
@@ -17,26 +16,9 @@ from avm._core.agent_run import AgentRun
 from avm._core.interpreter import WaitingInstruction
 from avm._core.runtime import Runtime
 from avm.errors import SwarmTimeout
-from avm.storage import open_store
-from avm.storage.base import StateStore
 from avm.testing import MockClock, wait_until
 
 BACKENDS = ("sqlite", "postgres")
-
-
-@pytest.fixture
-async def open_state(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[[], Any]]:
-    """Open the test's state store directly (after the VM stopped), to read its journal."""
-    opened: list[StateStore] = []
-
-    async def open_() -> StateStore:
-        store = await open_store(store_url, tmp_path / "state", "durable")
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        await store.aclose()
 
 
 def chain(agent_id: str) -> list[Any]:
