@@ -46,10 +46,16 @@ def other_store(backend: str, request: pytest.FixtureRequest) -> str | None:
     return str(request.getfixturevalue("postgres_url")) if backend == "sqlite" else None
 
 
-async def run_parked(state: Path, store: str | None = None) -> None:
-    """The keeper did its setup and waits for a message when the VM stops."""
+async def run_parked(
+    state: Path,
+    store: str | None = None,
+    definer: Callable[[avm.VM], avm.AgentDefinition] = define,
+    agent_id: str = "k",
+) -> None:
+    """The agent (the keeper unless told) did its setup and waits for a message when the VM
+    stops."""
     async with avm.VM(state, store=store) as vm:
-        handle = vm.spawn(define(vm), agent_id="k")
+        handle = vm.spawn(definer(vm), agent_id=agent_id)
         await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
 
 
@@ -232,9 +238,7 @@ def define_hoarder(vm: avm.VM) -> avm.AgentDefinition:
 
 
 async def run_hoarder(state: Path, store: str | None) -> None:
-    async with avm.VM(state, store=store) as vm:
-        handle = vm.spawn(define_hoarder(vm), agent_id="h")
-        await wait_until(lambda: handle.wait_reason is avm.WaitReason.MESSAGE)
+    await run_parked(state, store, define_hoarder, "h")
 
 
 async def test_verify_checks_payloads_by_hash(
