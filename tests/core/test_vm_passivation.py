@@ -197,6 +197,30 @@ async def test_a_reply_wakes_an_agent_waiting_for_a_response(
         assert await asking.result() == 42
 
 
+async def test_an_agent_waiting_in_a_fetch_stays_in_ram(make_vm: Callable[..., avm.VM]) -> None:
+    # Waking it would re-issue the fetch to the swarm's members of then: the answerer may have
+    # replied and left by that time, and the fetch would find nobody to ask.
+    async def fetcher(ctx: Context) -> Any:
+        return await ctx.swarm_fetch("questions", "q1", query="what is 6 x 7?")
+
+    async with make(make_vm) as vm:
+        answering = vm.spawn(vm.agent(name="answerer")(answerer), agent_id="b")
+        await wait_until(lambda: answering.wait_reason is avm.WaitReason.MESSAGE)
+        asking = vm.spawn(vm.agent(name="fetcher")(fetcher), agent_id="a")
+        await wait_until(lambda: asking.wait_reason is avm.WaitReason.MESSAGE)
+        # An agent idle no longer than the fetcher is passivated; the fetcher stays.
+        idle = vm.spawn(vm.agent(name="receiver")(receiver), agent_id="c", rounds=1)
+        await passivated(vm, answering, idle)
+        assert asking.wait_reason is avm.WaitReason.MESSAGE
+        assert not asking.passivated
+        assert tasks_of("a")
+        await answering.post("go")
+        assert await answering.result() == "what is 6 x 7?"
+        assert await asking.result() == 42
+        await idle.post("x")
+        assert await idle.result() == ["x"]
+
+
 async def test_a_reply_to_another_task_is_not_doubled_by_waking(
     make_vm: Callable[..., avm.VM],
 ) -> None:

@@ -14,12 +14,11 @@ it back by re-running it through :func:`avm._core.recovery.restore` and replay::
 Why this is invisible to the agent: only waits for a message, a reply or a timer are
 passivated, each inside an instruction that has performed nothing irreversible before it: a
 parked :class:`~avm._core.interpreter.WaitingInstruction` (receive, SWARM_WAIT,
-WAIT_FOR_RESPONSE, WAIT; it reports its kind, deadline and task id), or one of the coroutines
-``SwarmBus.receive``, ``SwarmBus.wait_replies`` and ``TimerService.sleep_until`` suspended in
-``execute`` (a SWARM_FETCH's request re-sent with the same id is deduplicated by the durable
-inbox). The instruction never got a journal
-entry, so the re-run agent replays every entry it had and issues it again, at the same step.
-Its deadline is kept (``TimerService.resume_at``), not restarted.
+WAIT_FOR_RESPONSE, WAIT, SCHEDULE_TASK; it reports its kind, deadline and task id). The
+instruction never got a journal entry, so the re-run agent replays every entry it had and
+issues it again, at the same step. Its deadline is kept (``TimerService.resume_at``), not
+restarted. An agent waiting in a SWARM_FETCH stays in RAM: re-issuing the fetch would ask the
+swarm's members again, and by then the one that answered may have left it.
 
 Records are durable: each one is written to the state store (``passivated`` table) in the batch
 of the moment it is made, and deleted in the batch of its activation, before anything the
@@ -59,14 +58,13 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 
 from avm._core.agent_run import AgentRun
-from avm._core.interpreter import WaitingInstruction, execute
+from avm._core.interpreter import WaitingInstruction
 from avm._core.process import AgentProcess
 from avm._core.states import AgentState, WaitReason
-from avm._core.timers import TimerService
 from avm.memory import ContentError, ContentRef, ContentStore, PassivatedAgent, Tier
 from avm.memory.holds import HoldTable
 from avm.storage.base import StateStore
-from avm.swarm.bus import MessageLog, SwarmBus
+from avm.swarm.bus import MessageLog
 from avm.swarm.mailbox import Envelope, Mailbox
 
 if TYPE_CHECKING:
@@ -79,12 +77,8 @@ log = logging.getLogger(__name__)
 #: The outcome a passivated agent's cancelled task leaves behind (not a kill).
 PASSIVATED: Any = object()
 
-# The suspensions passivation understands: code object -> the local holding the awaited future.
-_RECEIVE = SwarmBus.receive.__code__
-_REPLIES = SwarmBus.wait_replies.__code__
-_SLEEP = TimerService.sleep_until.__code__
-_FUTURE_OF = {_RECEIVE: "getter", _REPLIES: "waiter", _SLEEP: "future"}
-_EXECUTE = execute.__code__
+# What a passivated agent waits for.
+_SLEEP, _RECEIVE, _REPLIES = "sleep", "receive", "replies"
 
 
 async def _one_item() -> AsyncGenerator[None, None]:
@@ -104,17 +98,21 @@ class _Wait:
 
     __slots__ = ("deadline", "kind", "task_id")
 
-    def __init__(self, kind: Any, deadline: float | None, task_id: str | None) -> None:
+    def __init__(self, kind: str, deadline: float | None, task_id: str | None) -> None:
         self.kind = kind
         self.deadline = deadline
         self.task_id = task_id
 
 
 def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
-    """The wait ``task`` is parked in, if it is one passivation may interrupt; else None."""
+    """The wait ``task`` is parked in, if it is one passivation may interrupt; else None.
+
+    That is a :class:`WaitingInstruction` the agent's own coroutines await, directly or through
+    async generators (``async for`` over ``ctx.schedule_task``), and nothing else: a chain
+    through any other awaitable (a task, a gather, a SWARM_FETCH inside ``execute``) is not.
+    """
     run = task.get_coro()
     coro: Any = run.agent if isinstance(run, AgentRun) else run
-    in_instruction = False
     while True:
         awaited = getattr(coro, "cr_await", None)
         if type(awaited) is _ASYNC_GEN_STEP:
@@ -127,24 +125,8 @@ def _suspension(task: asyncio.Task[Any]) -> _Wait | None:
             kind = _SLEEP if sleeping else _RECEIVE if task_id is None else _REPLIES
             return _Wait(kind, deadline, task_id)
         if not isinstance(awaited, CoroutineType):
-            break
-        if coro.cr_code is _EXECUTE:
-            in_instruction = True
+            return None
         coro = awaited
-    code = getattr(coro, "cr_code", None)
-    name = None if code is None else _FUTURE_OF.get(code)
-    frame = getattr(coro, "cr_frame", None)
-    if not in_instruction or name is None or frame is None:
-        return None
-    local = frame.f_locals
-    future = local.get(name)
-    if not isinstance(future, asyncio.Future) or future.done():
-        return None  # woken already: it runs on its own
-    if code is _SLEEP:
-        return _Wait(code, float(local["deadline"]), None)
-    timer = local.get("timer")
-    deadline = None if timer is None else float(timer.deadline)
-    return _Wait(code, deadline, str(local["task_id"]) if code is _REPLIES else None)
 
 
 def _generator_awaited(step: Any) -> Any:

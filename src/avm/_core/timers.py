@@ -95,26 +95,13 @@ class TimerService:
     def arm_sleep(self, deadline: float) -> tuple[asyncio.Future[None], Timer] | None:
         """A future the timer service completes at ``deadline``, and its timer; None if due.
 
-        This is :meth:`sleep_until` without its frame: a waiting instruction parks on the
-        future itself, and cancels the timer (``timer.cancel()``) if it stops waiting early.
+        A waiting instruction parks on the future itself, and cancels the timer
+        (``timer.cancel()``) if it stops waiting early.
         """
         if deadline <= self.clock.monotonic():
             return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         return future, self.call_at(deadline, functools.partial(_wake, future))
-
-    async def sleep_until(self, deadline: float) -> None:
-        armed = self.arm_sleep(deadline)
-        if armed is None:
-            return
-        future, timer = armed
-        try:
-            await future
-        finally:
-            timer.cancelled = True
-
-    async def sleep(self, delay_s: float) -> None:
-        await self.sleep_until(self.clock.monotonic() + delay_s)
 
     def next_deadline(self) -> float | None:
         self._drop_cancelled()

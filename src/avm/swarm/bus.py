@@ -234,21 +234,7 @@ class SwarmBus:
         for task_id in tuple(self._owned.get(owner, ())):
             self._drop(task_id)
 
-    async def receive(self, owner: str, mailbox: Mailbox, timeout_s: float | None) -> Envelope:
-        """Take the next message from ``owner``'s mailbox, waiting up to ``timeout_s``."""
-        envelope = self.receive_ready(owner, mailbox, timeout_s)
-        if envelope is not None:
-            return envelope
-        getter, timer = self.arm_receive(mailbox, timeout_s)
-        try:
-            await getter
-        except _Expired:
-            raise self.receive_timeout(timeout_s) from None
-        finally:
-            self.disarm_receive(mailbox, timer)
-        return self.take(owner, mailbox)
-
-    # The receive in parts, for a waiting instruction that parks on the getter itself (see
+    # Receiving, in parts, for a waiting instruction that parks on the getter itself (see
     # avm._core.interpreter): ready → arm → (the getter completes) → disarm → take.
 
     def receive_ready(
