@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from avm._core.coroutines import thrown
 from avm._core.process import AgentProcess
 from avm._core.scheduler import Scheduler
 from avm._core.states import AgentState
@@ -71,9 +72,7 @@ class AgentRun(Coroutine[Any, Any, None]):
             return self._raised(exc)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        exc = typ if val is None and isinstance(typ, BaseException) else (val or typ())
-        if tb is not None:
-            exc = exc.with_traceback(tb)
+        exc = thrown(typ, val, tb)
         try:
             return self._inner.throw(exc)
         except StopIteration as stop:

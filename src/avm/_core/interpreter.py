@@ -31,6 +31,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, NoReturn
 
+from avm._core.coroutines import thrown
 from avm._core.gas import to_gas
 from avm._core.host import Host, NeedsGas, WaitHost, free, hosts, passthrough
 from avm._core.isa import INSTRUCTIONS, Effect, InstructionSpec, Op, Param
@@ -521,9 +522,7 @@ class WaitingInstruction(Generator[Any, Any, Any], Coroutine[Any, Any, Any]):
         return self._drive(inner.send, None)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        exc = typ if val is None and isinstance(typ, BaseException) else (val or typ())
-        if tb is not None:
-            exc = exc.with_traceback(tb)
+        exc = thrown(typ, val, tb)
         inner = self._inner
         if inner is not None:
             return self._drive(inner.throw, exc)
