@@ -14,15 +14,25 @@ wants a checkpoint or result to hold a reference instead of bytes uses the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
 from avm._core.journal import JournalEntry
 from avm.config import Durability
 
-__all__ = ["AgentRecord", "StateStore"]
+__all__ = ["AgentRecord", "StateStore", "statement_runs"]
+
+
+def statement_runs(
+    statements: Sequence[tuple[str, tuple[Any, ...]]],
+) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """Queued ``(sql, params)`` statements as runs of the same statement, in queue order: what
+    a store sends as one ``executemany`` each."""
+    for sql, run in itertools.groupby(statements, key=lambda statement: statement[0]):
+        yield sql, [params for _, params in run]
 
 
 class AgentRecord(msgspec.Struct, kw_only=True):

@@ -32,7 +32,7 @@ import asyncpg
 from avm._core.journal import EntryStatus, JournalEntry
 from avm.config import Durability
 from avm.errors import StorageError, VMStateError
-from avm.storage.base import AgentRecord
+from avm.storage.base import AgentRecord, statement_runs
 
 __all__ = ["PostgresStateStore", "create_schema"]
 
@@ -252,14 +252,8 @@ class PostgresStateStore:
     async def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             for statements in _by_table(batch):
-                start = 0
-                while start < len(statements):
-                    sql = statements[start][0]
-                    end = start + 1
-                    while end < len(statements) and statements[end][0] == sql:
-                        end += 1
-                    await conn.executemany(sql, [args for _, args in statements[start:end]])
-                    start = end
+                for sql, params in statement_runs(statements):
+                    await conn.executemany(sql, params)
 
     def _settle(self, number: int) -> None:
         waiting, self._waiters = self._waiters, []

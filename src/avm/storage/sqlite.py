@@ -78,7 +78,7 @@ from msgspec.structs import astuple
 from avm._core.journal import EntryStatus, JournalEntry
 from avm.config import Durability
 from avm.errors import StorageError, VMStateError
-from avm.storage.base import AgentRecord
+from avm.storage.base import AgentRecord, statement_runs
 
 __all__ = ["SqliteStateStore"]
 
@@ -815,11 +815,5 @@ class SqliteStateStore:
 
 def _run_in_order(db: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
     """Execute queued statements in order, each run of the same statement as one executemany."""
-    start = 0
-    while start < len(statements):
-        sql = statements[start][0]
-        end = start + 1
-        while end < len(statements) and statements[end][0] == sql:
-            end += 1
-        db.executemany(sql, [params for _, params in statements[start:end]])
-        start = end
+    for sql, params in statement_runs(statements):
+        db.executemany(sql, params)
