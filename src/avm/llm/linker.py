@@ -83,10 +83,6 @@ def _local_factory(config: ModelConfig) -> ModelProvider:
 
 
 def _openai_factory(config: ModelConfig) -> ModelProvider:
-    from avm.llm.providers.openai_compat import OpenAICompatProvider
-
-    if config.base_url is None:
-        raise ConfigError(f"model {config.model!r}: an 'openai' provider needs a base_url")
     api_key = None
     if config.api_key_env is not None:
         api_key = os.environ.get(config.api_key_env)
@@ -94,15 +90,10 @@ def _openai_factory(config: ModelConfig) -> ModelProvider:
             raise ConfigError(
                 f"model {config.model!r}: environment variable {config.api_key_env} is not set"
             )
-    return OpenAICompatProvider(
-        base_url=config.base_url,
-        api_key=api_key,
-        timeout_s=config.timeout_s,
-        max_connections=config.max_connections,
-    )
+    return _openai_keyed(config, api_key)
 
 
-def _openai_keyed(config: ModelConfig, api_key: str) -> KeyedProvider:
+def _openai_keyed(config: ModelConfig, api_key: str | None) -> KeyedProvider:
     from avm.llm.providers.openai_compat import OpenAICompatProvider
 
     if config.base_url is None:
